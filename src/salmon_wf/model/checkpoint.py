@@ -1,0 +1,151 @@
+"""Meta-layout checkpoints: `params.json` + `consolidated.NN.pth`, one file per model-parallel rank.
+
+Loading reshards when the checkpoint's MP differs from the world size: every parallel weight is
+concatenated along its split dimension and re-split for this rank. All checks (files present,
+keys, shapes) run before any weight is copied into the model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from salmon_wf.model.params import CheckpointError, ModelArgs
+
+# Split dimension of each parallel weight in Meta's layout (None = replicated on every rank).
+_COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
+_ROW = ("attention.wo", "feed_forward.w2")
+IGNORED_KEYS = ("rope.freqs",)
+_SHARD_FILE = re.compile(r"consolidated\.(\d+)\.pth$")
+
+
+def shard_dim(name: str) -> int | None:
+    if name == "output.weight" or any(f".{c}." in name for c in _COLUMN):
+        return 0
+    if name == "tok_embeddings.weight" or any(f".{r}." in name for r in _ROW):
+        return 1
+    return None
+
+
+def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """Full (unsharded) shape of every weight the model needs."""
+    hd, ffn = args.head_dim, args.ffn_hidden_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "tok_embeddings.weight": (args.vocab_size, args.dim),
+        "norm.weight": (args.dim,),
+        "output.weight": (args.vocab_size, args.dim),
+    }
+    for i in range(args.n_layers):
+        p = f"layers.{i}."
+        shapes |= {
+            p + "attention.wq.weight": (args.n_heads * hd, args.dim),
+            p + "attention.wk.weight": (args.kv_heads * hd, args.dim),
+            p + "attention.wv.weight": (args.kv_heads * hd, args.dim),
+            p + "attention.wo.weight": (args.dim, args.n_heads * hd),
+            p + "feed_forward.w1.weight": (ffn, args.dim),
+            p + "feed_forward.w2.weight": (args.dim, ffn),
+            p + "feed_forward.w3.weight": (ffn, args.dim),
+            p + "attention_norm.weight": (args.dim,),
+            p + "ffn_norm.weight": (args.dim,),
+        }
+    return shapes
+
+
+def shard_files(model_dir: Path) -> list[Path]:
+    files = sorted(model_dir.glob("consolidated.*.pth"))
+    if not files:
+        raise CheckpointError(f"{model_dir}: no consolidated.NN.pth checkpoint files")
+    numbers = [
+        int(_SHARD_FILE.search(f.name).group(1)) for f in files if _SHARD_FILE.search(f.name)
+    ]
+    if sorted(numbers) != list(range(len(files))):
+        raise CheckpointError(
+            f"{model_dir}: checkpoint files must be numbered consolidated.00..{len(files) - 1:02d}"
+            f".pth, found {[f.name for f in files]}"
+        )
+    return files
+
+
+def save_checkpoint(
+    state_dict: dict[str, torch.Tensor], args: ModelArgs, out_dir: str | Path, mp: int = 1
+) -> None:
+    """Write full (unsharded) weights as `mp` Meta-layout shards plus params.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v for k, v in state_dict.items() if k not in IGNORED_KEYS}
+    if args.tie_word_embeddings:
+        weights.pop("output.weight", None)
+    for old in out.glob("consolidated.*.pth"):
+        old.unlink()
+    for rank in range(mp):
+        shard = {}
+        for name, tensor in weights.items():
+            dim = shard_dim(name)
+            if dim is not None:
+                if tensor.shape[dim] % mp:
+                    raise CheckpointError(
+                        f"{name}: dim {dim} of {tuple(tensor.shape)} not divisible by MP {mp}"
+                    )  # noqa: E501
+                tensor = tensor.chunk(mp, dim=dim)[rank]
+            shard[name] = tensor.contiguous().clone()
+        torch.save(shard, out / f"consolidated.{rank:02d}.pth")
+    (out / "params.json").write_text(json.dumps(args.to_json(), indent=2) + "\n")
+
+
+def load_rank_state(
+    model_dir: str | Path, args: ModelArgs, rank: int, world: int
+) -> dict[str, torch.Tensor]:
+    """This rank's weights, validated and resharded from whatever MP the files were saved with."""
+    model_dir = Path(model_dir)
+    files = shard_files(model_dir)
+    shards = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
+    ckpt_mp = len(files)
+    expected = expected_shapes(args)
+    if args.tie_word_embeddings:
+        source_names = {k: k for k in expected} | {"output.weight": "tok_embeddings.weight"}
+    else:
+        source_names = {k: k for k in expected}
+    for src in set(source_names.values()):
+        for f, shard in zip(files, shards, strict=True):
+            if src not in shard:
+                raise CheckpointError(f"{f}: missing weight '{src}'")
+
+    def full_dim(src: str) -> int | None:
+        """Split dim in the files; the embedding may be split by dim (LLaMA 1/2) or by vocab."""
+        dim = shard_dim(src)
+        if src == "tok_embeddings.weight" and ckpt_mp > 1:
+            rows = shards[0][src].shape[0]
+            return 0 if rows * ckpt_mp == args.vocab_size and rows != args.vocab_size else 1
+        return dim
+
+    state: dict[str, torch.Tensor] = {}
+    for name, shape in expected.items():
+        src = source_names[name]
+        dim_in_files = full_dim(src)
+        if dim_in_files is None or ckpt_mp == 1:
+            full = shards[0][src]
+            if dim_in_files is None:
+                for f, shard in zip(files[1:], shards[1:], strict=True):
+                    if shard[src].shape != full.shape:
+                        raise CheckpointError(
+                            f"{f}: replicated weight '{src}' has shape {tuple(shard[src].shape)}, expected {tuple(full.shape)}"
+                        )  # noqa: E501
+        else:
+            full = torch.cat([s[src] for s in shards], dim=dim_in_files)
+        if tuple(full.shape) != shape:
+            raise CheckpointError(
+                f"{model_dir}: weight '{src}' has shape {tuple(full.shape)} across {ckpt_mp} file(s), "
+                f"params.json implies {shape}"
+            )
+        dim = shard_dim(name)
+        if dim is not None and world > 1:
+            if shape[dim] % world:
+                raise CheckpointError(
+                    f"{name}: dim {dim} of {shape} not divisible by world size {world}"
+                )  # noqa: E501
+            full = full.chunk(world, dim=dim)[rank]
+        state[name] = full
+    return state

@@ -1,0 +1,64 @@
+"""Build one rank's model from a model directory: validate everything, then allocate and copy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from salmon_wf.model.checkpoint import load_rank_state
+from salmon_wf.model.parallel import ParallelContext
+from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.tokenizer import Tokenizer, load_tokenizer
+from salmon_wf.model.transformer import Transformer, default_dtype
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    args: ModelArgs
+    model_dir: Path
+
+
+def resolve_args(model_dir: Path, tokenizer: Tokenizer) -> ModelArgs:
+    args = ModelArgs.load(model_dir / "params.json")
+    if args.vocab_size <= 0:
+        args = args.with_vocab(tokenizer.vocab_size)
+    if tokenizer.vocab_size > args.vocab_size:
+        raise CheckpointError(
+            f"{tokenizer.path}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"embedding has {args.vocab_size} rows ({model_dir / 'params.json'})"
+        )
+    return args
+
+
+def load_model(
+    model_dir: str | Path,
+    ctx: ParallelContext,
+    dtype: str = "fp32",
+    tokenizer_path: str | Path | None = None,
+    max_seq_len: int | None = None,
+) -> LoadedModel:
+    """Load this rank's shard of the model in `model_dir` (any checkpoint MP, any world size)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: model directory not found")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    tokenizer = load_tokenizer(model_dir, tokenizer_path)
+    args = resolve_args(model_dir, tokenizer)
+    if max_seq_len is not None:
+        args = ModelArgs(**{**args.__dict__, "max_seq_len": max_seq_len})
+    state = load_rank_state(model_dir, args, ctx.rank, ctx.world_size)
+    torch_dtype = DTYPES[dtype]
+    with default_dtype(torch_dtype), torch.device(ctx.device):
+        model = Transformer(args)
+    with torch.no_grad():
+        for name, param in model.state_dict().items():
+            param.copy_(state[name])
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, args=args, model_dir=model_dir)

@@ -1,0 +1,284 @@
+"""LLaMA-family decoder on fairscale model-parallel layers (Meta's layout: one rank = one shard).
+
+Differences from the reference `model.py` that the engine relies on: every row of a batch has its
+own start position (continuous batching), the KV cache is addressed by explicit cache rows (slots),
+and the LM head can be applied only at chosen positions (scoring and prefill need one per row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from fairscale.nn.model_parallel import initialize as mp_init
+from fairscale.nn.model_parallel.layers import (
+    ColumnParallelLinear,
+    ParallelEmbedding,
+    RowParallelLinear,
+)
+from torch import nn
+
+from salmon_wf.model.params import CheckpointError, ModelArgs
+
+
+def _keep(x: torch.Tensor) -> torch.Tensor:
+    """fairscale init_method that leaves weights alone: they come from a checkpoint."""
+    return x
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class Rotary:
+    """cos/sin tables for Meta's interleaved-pair rotary layout.
+
+    Kept as plain tensors (not buffers) so Module.to(dtype) cannot truncate them.
+    """
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv)
+        self.cos = angles.cos().float()
+        self.sin = angles.sin().float()
+
+    def to(self, device: torch.device) -> Rotary:
+        self.cos, self.sin = self.cos.to(device), self.sin.to(device)
+        return self
+
+    def apply(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, H, D]; positions: [B, T] absolute positions."""
+        if int(positions.max()) >= self.cos.shape[0]:
+            raise ValueError(f"position {int(positions.max())} beyond rotary table")
+        cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D/2]
+        sin = self.sin[positions].unsqueeze(2)
+        pairs = x.float().unflatten(-1, (-1, 2))
+        even, odd = pairs[..., 0], pairs[..., 1]
+        out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+        return out.flatten(-2).type_as(x)
+
+
+@dataclass
+class KVCache:
+    """Per-layer key/value tensors [rows, local_kv_heads, max_len, head_dim]."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @classmethod
+    def allocate(
+        cls, model: Transformer, rows: int, max_len: int, device: torch.device | None = None
+    ) -> KVCache:
+        shape = (rows, model.local_kv_heads, max_len, model.args.head_dim)
+        dtype = model.dtype
+        device = device or model.device
+        n = model.args.n_layers
+        return cls(
+            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+        )
+
+    @property
+    def rows(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+    def copy_rows(self, src: KVCache, src_rows: torch.Tensor, dst_rows: torch.Tensor, length: int):
+        """Copy the first `length` positions of src rows into our rows (prefix reuse)."""
+        for mine, theirs in zip(self.keys + self.values, src.keys + src.values, strict=True):
+            mine[dst_rows, :, :length] = theirs[src_rows, :, :length]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        mp = mp_init.get_model_parallel_world_size()
+        if args.n_heads % mp or args.kv_heads % mp:
+            raise CheckpointError(
+                f"model-parallel size {mp} must divide n_heads {args.n_heads} "
+                f"and n_kv_heads {args.kv_heads}"
+            )
+        self.local_heads = args.n_heads // mp
+        self.local_kv_heads = args.kv_heads // mp
+        self.head_dim = args.head_dim
+        hd = args.head_dim
+        self.wq = ColumnParallelLinear(
+            args.dim, args.n_heads * hd, bias=False, gather_output=False, init_method=_keep
+        )  # noqa: E501
+        self.wk = ColumnParallelLinear(
+            args.dim, args.kv_heads * hd, bias=False, gather_output=False, init_method=_keep
+        )  # noqa: E501
+        self.wv = ColumnParallelLinear(
+            args.dim, args.kv_heads * hd, bias=False, gather_output=False, init_method=_keep
+        )  # noqa: E501
+        self.wo = RowParallelLinear(
+            args.n_heads * hd, args.dim, bias=False, input_is_parallel=True, init_method=_keep
+        )  # noqa: E501
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rotary: Rotary,
+        layer_cache: tuple[torch.Tensor, torch.Tensor] | None,
+        cache_rows: torch.Tensor | None,
+        rows_are_prefix: bool,
+    ) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, self.local_heads, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, self.local_kv_heads, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, self.local_kv_heads, self.head_dim)
+        q, k = rotary.apply(q, positions), rotary.apply(k, positions)
+        q = q.transpose(1, 2)
+        if layer_cache is None:
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+            out = F.scaled_dot_product_attention(
+                q, keys, values, is_causal=seqlen > 1, enable_gqa=True
+            )  # noqa: E501
+        else:
+            cache_k, cache_v = layer_cache
+            assert cache_rows is not None
+            row_index = cache_rows[:, None].expand(bsz, seqlen)
+            cache_k[row_index, :, positions] = k
+            cache_v[row_index, :, positions] = v
+            length = int(positions.max()) + 1
+            if rows_are_prefix:  # rows 0..B-1: a view, no copy
+                keys, values = cache_k[:bsz, :, :length], cache_v[:bsz, :, :length]
+            else:
+                keys, values = cache_k[cache_rows, :, :length], cache_v[cache_rows, :, :length]
+            visible = torch.arange(length, device=x.device)[None, None, :] <= positions[:, :, None]
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=visible.unsqueeze(1), enable_gqa=True
+            )
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        hidden = args.ffn_hidden_dim
+        self.w1 = ColumnParallelLinear(
+            args.dim, hidden, bias=False, gather_output=False, init_method=_keep
+        )  # noqa: E501
+        self.w2 = RowParallelLinear(
+            hidden, args.dim, bias=False, input_is_parallel=True, init_method=_keep
+        )  # noqa: E501
+        self.w3 = ColumnParallelLinear(
+            args.dim, hidden, bias=False, gather_output=False, init_method=_keep
+        )  # noqa: E501
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, positions, rotary, layer_cache, cache_rows, rows_are_prefix):
+        h = x + self.attention(
+            self.attention_norm(x), positions, rotary, layer_cache, cache_rows, rows_are_prefix
+        )
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """One model-parallel rank's part of the model. Build it with `build_model` (loader.py)."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        if args.vocab_size <= 0:
+            raise CheckpointError("vocab_size must be known (from params.json or the tokenizer)")
+        self.args = args
+        self.tok_embeddings = ParallelEmbedding(args.vocab_size, args.dim, init_method=_keep)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = ColumnParallelLinear(
+            args.dim, args.vocab_size, bias=False, gather_output=True, init_method=_keep
+        )  # noqa: E501
+        self.local_kv_heads = self.layers[0].attention.local_kv_heads if args.n_layers else 0
+        self.rotary = Rotary(args.head_dim, max(args.max_seq_len, 1) * 2, args.rope_theta)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start_pos: torch.Tensor | int = 0,
+        cache: KVCache | None = None,
+        cache_rows: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits for `tokens` [B, T].
+
+        start_pos: per-row position of tokens[:, 0] (ints or [B] tensor). With a cache, the keys and
+        values are written at those positions of `cache_rows` (default rows 0..B-1) and attention
+        sees every earlier position of the row. logits_at: [B] index into T; only those positions
+        go through the LM head (returns [B, V]); None returns [B, T, V].
+        """
+        bsz, seqlen = tokens.shape
+        device = tokens.device
+        if isinstance(start_pos, int):
+            start = torch.full((bsz,), start_pos, dtype=torch.long, device=device)
+        else:
+            start = start_pos.to(device=device, dtype=torch.long)
+        positions = start[:, None] + torch.arange(seqlen, device=device)[None, :]
+        if self.rotary.cos.device != device:
+            self.rotary.to(device)
+        rows_are_prefix = cache_rows is None
+        if cache is not None and cache_rows is None:
+            cache_rows = torch.arange(bsz, device=device)
+        h = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            h = layer(h, positions, self.rotary, layer_cache, cache_rows, rows_are_prefix)
+        if logits_at is not None:
+            h = h[torch.arange(bsz, device=device), logits_at.to(device)]
+        return self.output(self.norm(h)).float()
+
+
+def body_flops_per_token(args: ModelArgs, context: int) -> float:
+    """Forward FLOPs per token of the layers (projections, FFN, attention over `context` keys).
+
+    Used for prefill FLOP/s figures; the LM head is excluded (prefill applies it once per row).
+    """
+    hd = args.head_dim
+    proj = 2 * args.dim * (args.n_heads * hd + 2 * args.kv_heads * hd + args.n_heads * hd)
+    ffn = 2 * 3 * args.dim * args.ffn_hidden_dim
+    attn = 2 * 2 * args.n_heads * hd * context
+    return float(args.n_layers * (proj + ffn + attn))
