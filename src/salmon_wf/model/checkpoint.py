@@ -88,7 +88,7 @@ def save_checkpoint(
                 if tensor.shape[dim] % mp:
                     raise CheckpointError(
                         f"{name}: dim {dim} of {tuple(tensor.shape)} not divisible by MP {mp}"
-                    )  # noqa: E501
+                    )
                 tensor = tensor.chunk(mp, dim=dim)[rank]
             shard[name] = tensor.contiguous().clone()
         torch.save(shard, out / f"consolidated.{rank:02d}.pth")
@@ -131,13 +131,15 @@ def load_rank_state(
                 for f, shard in zip(files[1:], shards[1:], strict=True):
                     if shard[src].shape != full.shape:
                         raise CheckpointError(
-                            f"{f}: replicated weight '{src}' has shape {tuple(shard[src].shape)}, expected {tuple(full.shape)}"
-                        )  # noqa: E501
+                            f"{f}: replicated weight '{src}' has shape "
+                            f"{tuple(shard[src].shape)}, expected {tuple(full.shape)}"
+                        )
         else:
             full = torch.cat([s[src] for s in shards], dim=dim_in_files)
         if tuple(full.shape) != shape:
             raise CheckpointError(
-                f"{model_dir}: weight '{src}' has shape {tuple(full.shape)} across {ckpt_mp} file(s), "
+                f"{model_dir}: weight '{src}' has shape {tuple(full.shape)} "
+                f"across {ckpt_mp} file(s), "
                 f"params.json implies {shape}"
             )
         dim = shard_dim(name)
@@ -145,7 +147,7 @@ def load_rank_state(
             if shape[dim] % world:
                 raise CheckpointError(
                     f"{name}: dim {dim} of {shape} not divisible by world size {world}"
-                )  # noqa: E501
+                )
             full = full.chunk(world, dim=dim)[rank]
         state[name] = full
     return state

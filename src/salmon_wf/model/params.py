@@ -16,7 +16,7 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class ModelArgs:
-    """LLaMA-family shape. Unknown keys in params.json are ignored; missing optional keys default."""
+    """LLaMA-family shape. Unknown params.json keys are ignored; missing optional keys default."""
 
     dim: int
     n_layers: int

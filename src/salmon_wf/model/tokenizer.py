@@ -143,11 +143,11 @@ def load_tokenizer(model_dir: str | Path, override: str | Path | None = None) ->
         model_dir = Path(model_dir)
         candidates = [
             p for p in (model_dir / "tokenizer.model", model_dir / "tokenizer.json") if p.is_file()
-        ]  # noqa: E501
+        ]
         if not candidates:
             raise CheckpointError(
                 f"{model_dir}: no tokenizer.model or tokenizer.json (use --tokenizer)"
-            )  # noqa: E501
+            )
     path = candidates[0]
     if path.suffix == ".json":
         return HFTokenizer(path)

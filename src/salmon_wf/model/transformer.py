@@ -128,16 +128,16 @@ class Attention(nn.Module):
         hd = args.head_dim
         self.wq = ColumnParallelLinear(
             args.dim, args.n_heads * hd, bias=False, gather_output=False, init_method=_keep
-        )  # noqa: E501
+        )
         self.wk = ColumnParallelLinear(
             args.dim, args.kv_heads * hd, bias=False, gather_output=False, init_method=_keep
-        )  # noqa: E501
+        )
         self.wv = ColumnParallelLinear(
             args.dim, args.kv_heads * hd, bias=False, gather_output=False, init_method=_keep
-        )  # noqa: E501
+        )
         self.wo = RowParallelLinear(
             args.n_heads * hd, args.dim, bias=False, input_is_parallel=True, init_method=_keep
-        )  # noqa: E501
+        )
 
     def forward(
         self,
@@ -158,7 +158,7 @@ class Attention(nn.Module):
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
             out = F.scaled_dot_product_attention(
                 q, keys, values, is_causal=seqlen > 1, enable_gqa=True
-            )  # noqa: E501
+            )
         else:
             cache_k, cache_v = layer_cache
             assert cache_rows is not None
@@ -183,13 +183,13 @@ class FeedForward(nn.Module):
         hidden = args.ffn_hidden_dim
         self.w1 = ColumnParallelLinear(
             args.dim, hidden, bias=False, gather_output=False, init_method=_keep
-        )  # noqa: E501
+        )
         self.w2 = RowParallelLinear(
             hidden, args.dim, bias=False, input_is_parallel=True, init_method=_keep
-        )  # noqa: E501
+        )
         self.w3 = ColumnParallelLinear(
             args.dim, hidden, bias=False, gather_output=False, init_method=_keep
-        )  # noqa: E501
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -223,7 +223,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = ColumnParallelLinear(
             args.dim, args.vocab_size, bias=False, gather_output=True, init_method=_keep
-        )  # noqa: E501
+        )
         self.local_kv_heads = self.layers[0].attention.local_kv_heads if args.n_layers else 0
         self.rotary = Rotary(args.head_dim, max(args.max_seq_len, 1) * 2, args.rope_theta)
 
