@@ -258,6 +258,10 @@ class Transformer(nn.Module):
         else:
             start = start_pos.to(device=device, dtype=torch.long)
         positions = start[:, None] + torch.arange(seqlen, device=device)[None, :]
+        if cache is not None:
+            # Right-padding of ragged prefill batches may run past the cache: those positions hold
+            # padding only, are written before any real token there is read, and stay masked.
+            positions = positions.clamp(max=cache.max_len - 1)
         if self.rotary.cos.device != device:
             self.rotary.to(device)
         rows_are_prefix = cache_rows is None

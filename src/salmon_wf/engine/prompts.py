@@ -1,0 +1,31 @@
+"""Fitting prompts into the context window: the documented long-prompt policy.
+
+Policy "skip" (default): a prompt that leaves no room is not run; the caller records it as
+skipped and counts it. Policy "truncate": keep the first `keep_head` tokens (BOS, shared meta
+prompt) and as many of the last tokens as fit, dropping the middle; the tail is kept because it
+holds the cue the model must continue ("### Dromedary", "Output (").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POLICIES = ("skip", "truncate")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    ids: list[int] | None  # None: skipped
+    truncated: bool = False
+
+
+def fit_prompt(ids: list[int], limit: int, policy: str, keep_head: int = 1) -> Fitted:
+    """Fit `ids` into at most `limit` tokens under `policy`."""
+    if policy not in POLICIES:
+        raise ValueError(f"long-prompt policy must be one of {POLICIES}, got {policy!r}")
+    if len(ids) <= limit:
+        return Fitted(ids)
+    if policy == "skip" or limit <= keep_head:
+        return Fitted(None)
+    tail = limit - keep_head
+    return Fitted(ids[:keep_head] + ids[len(ids) - tail :], truncated=True)
