@@ -8,6 +8,7 @@ holds the cue the model must continue ("### Dromedary", "Output (").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 POLICIES = ("skip", "truncate")
@@ -29,3 +30,12 @@ def fit_prompt(ids: list[int], limit: int, policy: str, keep_head: int = 1) -> F
         return Fitted(None)
     tail = limit - keep_head
     return Fitted(ids[:keep_head] + ids[len(ids) - tail :], truncated=True)
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
+    """Longest common prefix: that of the lexicographic min and max covers all the others."""
+    low, high = min(seqs), max(seqs)
+    for i, (x, y) in enumerate(zip(low, high, strict=False)):
+        if x != y:
+            return list(low[:i])
+    return list(low)

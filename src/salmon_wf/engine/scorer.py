@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from salmon_wf.engine.prompts import common_prefix
 from salmon_wf.model.transformer import KVCache, Transformer
 
 
@@ -21,15 +22,6 @@ class _Node:
     edge: list[int]  # tokens from the parent's end to this node
     ends: list[int] = field(default_factory=list)  # prompts whose last token ends this edge
     children: list[_Node] = field(default_factory=list)
-
-
-def common_prefix(seqs: list[list[int]]) -> list[int]:
-    """Longest common prefix: that of the lexicographic min and max covers all the others."""
-    low, high = min(seqs), max(seqs)
-    for i, (x, y) in enumerate(zip(low, high, strict=False)):
-        if x != y:
-            return low[:i]
-    return low
 
 
 def build_tree(prompts: Sequence[Sequence[int]], indices: list[int], depth: int = 0) -> _Node:

@@ -1,0 +1,51 @@
+"""Print the completion of one prompt (one process, or under torchrun with MP = world size)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from salmon_wf.engine.chat import STYLES, format_prompt
+from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
+from salmon_wf.model.loader import DTYPES, load_model
+from salmon_wf.model.parallel import setup_model_parallel
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="directory: params.json, consolidated.NN.pth"
+    )
+    parser.add_argument(
+        "--tokenizer", help="tokenizer.model / tokenizer.json overriding the model's"
+    )
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--style", choices=STYLES, default="plain", help="prompt format")
+    parser.add_argument("--system", default="", help="meta / system prompt for the style")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def run(args: argparse.Namespace) -> int:
+    ctx = setup_model_parallel(args.device)
+    loaded = load_model(args.model, ctx, dtype=args.dtype, tokenizer_path=args.tokenizer)
+    tokenizer = loaded.tokenizer
+    text = format_prompt(args.style, args.prompt, meta_prompt=args.system)
+    ids = tokenizer.encode(text, bos=tokenizer.bos_id is not None and args.style != "chatml")
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        stop=tuple(args.stop),
+        seed=args.seed,
+    )
+    sampler = Sampler(loaded.model, tokenizer, max_batch=1)
+    (completion,) = sampler.generate([Request("prompt", ids)], params)
+    if ctx.is_main:
+        sys.stdout.write(completion.text + "\n")
+        print(f"[{completion.finish_reason}, {len(completion.token_ids)} tokens]", file=sys.stderr)
+    return 0
