@@ -102,7 +102,14 @@ class Sampler:
         self.policy = long_prompt_policy
         self.prefix = list(shared_prefix or [])
         self.prefix_cache: KVCache | None = None
-        self.stats = {"prompts": 0, "skipped": 0, "truncated": 0, "prefix_hits": 0}
+        self.stats = {
+            "prompts": 0,
+            "skipped": 0,
+            "truncated": 0,
+            "prefix_hits": 0,
+            "decode_steps": 0,
+            "generated_tokens": 0,
+        }
         if len(self.prefix) >= self.max_seq_len:
             raise ValueError(f"shared prefix of {len(self.prefix)} tokens fills the context")
         if self.prefix:
@@ -139,6 +146,7 @@ class Sampler:
                 logits = model(
                     tokens, starts, cache, None if contiguous else rows, torch.zeros_like(starts)
                 )
+                self.stats["decode_steps"] += 1
                 for i in active:
                     slots[i].position += 1
                 self._advance(slots, active, logits, params)
@@ -209,6 +217,7 @@ class Sampler:
         uniforms = torch.stack([slots[i].uniforms[s] for i, s in zip(indices, steps, strict=True)])
         chosen = choose_tokens(logits, params.temperature, params.top_p, uniforms).tolist()
         stop_ids = self.tokenizer.stop_ids
+        self.stats["generated_tokens"] += len(indices)
         for i, token in zip(indices, chosen, strict=True):
             slot = slots[i]
             slot.generated.append(token)
