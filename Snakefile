@@ -1,0 +1,21 @@
+# salmon-wf: SALMON step 1 (principle-driven synthetic preference collection) as a workflow.
+# clean prompts -> sample x2 (sharded) -> judge (sharded) -> aggregate. See README.md.
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/model.smk"
+include: "rules/prompts.smk"
+include: "rules/sample.smk"
+include: "rules/judge.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/preferences.json",
+        f"{RESULTS}/preferences.jsonl",
+        f"{RESULTS}/preferences.stats.json",
+    default_target: True

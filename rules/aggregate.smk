@@ -1,0 +1,25 @@
+# Stage 4: SALMON's aggregation into reward-model training data (+ a JSONL copy and stats).
+
+
+rule aggregate:
+    input:
+        responses=[ancient(f"{RESULTS}/responses/{run}.jsonl") for run in RUNS],
+        judgments=ancient(f"{RESULTS}/judgments.jsonl"),
+        principles=config["judge"]["principles"],
+    output:
+        json=f"{RESULTS}/preferences.json",
+        jsonl=f"{RESULTS}/preferences.jsonl",
+        stats=f"{RESULTS}/preferences.stats.json",
+    params:
+        recipe=RECIPES.aggregate(),
+        options=flags(config["aggregate"]),
+    log:
+        "logs/aggregate.log",
+    benchmark:
+        "benchmarks/aggregate.tsv"
+    localrule: True
+    shell:
+        "{SALMON} aggregate --responses {input.responses:q} --judgments {input.judgments:q}"
+        " --principles {input.principles:q} --output {output.json:q}"
+        " --output-jsonl {output.jsonl:q} --stats {output.stats:q}"
+        " {params.options} > {log:q} 2>&1"

@@ -1,0 +1,54 @@
+# Stage 3: every pair x principle x order scored by the policy model (pairs[i::n] per shard).
+
+
+def judge_args():
+    cfg = config["judge"]
+    keep = ("min_chars", "answer_context", "choices", "pairs_per_batch", "max_rows")
+    keep += ("long_prompt_policy",)
+    options = {k: cfg[k] for k in keep}
+    return flags(options) + ("" if cfg["add_bos"] else " --no-bos")
+
+
+rule judge_shard:
+    input:
+        responses=[ancient(f"{RESULTS}/responses/{run}.jsonl") for run in RUNS],
+        model=ancient(f"{model_dir()}/params.json"),
+        principles=config["judge"]["principles"],
+        template=config["judge"]["template"],
+    output:
+        f"{RESULTS}/judgments/shard-{{i}}-of-{{n}}.jsonl",
+    params:
+        recipe=RECIPES.judge(),
+        args=judge_args(),
+        model=model_args(),
+        launcher=launcher(),
+    threads: config["model"]["threads"]
+    log:
+        "logs/judge/shard-{i}-of-{n}.log",
+    benchmark:
+        "benchmarks/judge/shard-{i}-of-{n}.tsv"
+    shell:
+        "{params.launcher} judge {params.model} {params.args}"
+        " --responses {input.responses:q} --principles {input.principles:q}"
+        " --template {input.template:q} --output {output:q}"
+        " --shard {wildcards.i} --num-shards {wildcards.n}"
+        " --fingerprint {params.recipe}-{wildcards.i}-{wildcards.n} > {log:q} 2>&1"
+
+
+rule gather_judgments:
+    input:
+        prompts=ancient(f"{RESULTS}/prompts.jsonl"),
+        principles=config["judge"]["principles"],
+        shards=shard_paths(
+            RESULTS + "/judgments/shard-{i}-of-{n}.jsonl", config["judge"]["shards"]
+        ),
+    output:
+        f"{RESULTS}/judgments.jsonl",
+    log:
+        "logs/gather_judgments.log",
+    benchmark:
+        "benchmarks/gather_judgments.tsv"
+    localrule: True
+    shell:
+        "{SALMON} gather --prompts {input.prompts:q} --principles {input.principles:q}"
+        " --shards {input.shards:q} --output {output:q} > {log:q} 2>&1"

@@ -1,0 +1,25 @@
+# Stage 1: OASST1 -> first-turn user prompts with stable ids, plus a summary of what was dropped.
+
+
+rule clean_prompts:
+    input:
+        config["prompts"]["input"],
+    output:
+        prompts=f"{RESULTS}/prompts.jsonl",
+        summary=f"{RESULTS}/prompts.summary.json",
+    params:
+        options=flags(
+            {
+                k: v
+                for k, v in config["prompts"].items()
+                if k not in ("input",)
+            }
+        ),
+    log:
+        "logs/clean_prompts.log",
+    benchmark:
+        "benchmarks/clean_prompts.tsv"
+    localrule: True
+    shell:
+        "{SALMON} clean-prompts --input {input:q} --output {output.prompts:q}"
+        " --summary {output.summary:q} {params.options} > {log:q} 2>&1"

@@ -1,0 +1,133 @@
+"""JSON-lines files: strict reading, atomic writing, and resumable append-only shard outputs.
+
+A shard job appends one complete record (or one complete group of records) at a time to
+`<output>.partial`, beside a `<output>.partial.json` stamp holding the job's fingerprint. A killed
+job leaves the partial file; the rerun keeps its complete lines (dropping a torn last line) when
+the fingerprint matches, skips that work, and renames the partial file to the output at the end.
+The output itself is never half-written, so Snakemake never mistakes a partial shard for a done one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+
+class RecordError(ValueError):
+    """A malformed input record: the message names the file, the line and the field."""
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, sort_keys=False)
+
+
+def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL file; blank lines are skipped; `required` keys are checked per line."""
+    path = Path(path)
+    required = tuple(required)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{path} line {number}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise RecordError(f"{path} line {number}: expected a JSON object")
+            for key in required:
+                if key not in record:
+                    raise RecordError(f"{path} line {number}: field '{key}' missing")
+            yield record
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Call write(handle) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    count = 0
+
+    def write(handle: TextIO) -> None:
+        nonlocal count
+        for record in records:
+            handle.write(dumps(record) + "\n")
+            count += 1
+
+    atomic_write(path, write)
+    return count
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    atomic_write(path, lambda h: h.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n"))
+
+
+class ResumableOutput:
+    """Append-only partial output that survives a kill and is reused only by the same job."""
+
+    def __init__(self, output: str | Path, fingerprint: str, writer: bool = True) -> None:
+        self.output = Path(output)
+        self.partial = self.output.with_name(self.output.name + ".partial")
+        self.stamp = self.output.with_name(self.output.name + ".partial.json")
+        self.fingerprint = fingerprint
+        self.writer = writer  # only rank 0 of a model-parallel group writes
+        self._handle: TextIO | None = None
+
+    def existing(self) -> list[dict[str, Any]]:
+        """Complete records from an earlier run of the same job (none if the job changed)."""
+        if not (self.partial.exists() and self.stamp.exists()):
+            return []
+        try:
+            stamp = json.loads(self.stamp.read_text())
+        except json.JSONDecodeError:
+            return []
+        if stamp.get("fingerprint") != self.fingerprint:
+            return []
+        records = []
+        with self.partial.open(encoding="utf-8") as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break  # torn last line of a killed run
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+        return records
+
+    def start(self, keep: list[dict[str, Any]]) -> None:
+        """Rewrite the partial file with exactly `keep`, then append from there."""
+        if not self.writer:
+            return
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        with self.partial.open("w", encoding="utf-8") as handle:
+            handle.writelines(dumps(r) + "\n" for r in keep)
+        self.stamp.write_text(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+        self._handle = self.partial.open("a", encoding="utf-8")
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        if self._handle is None:
+            return
+        self._handle.write("".join(dumps(r) + "\n" for r in records))
+        self._handle.flush()
+
+    def finish(self) -> None:
+        if self._handle is None:
+            return
+        self._handle.close()
+        self._handle = None
+        os.replace(self.partial, self.output)
+        self.stamp.unlink(missing_ok=True)

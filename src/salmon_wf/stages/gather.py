@@ -1,0 +1,57 @@
+"""Gather shard outputs into one file in prompt order (then principle order for judgments).
+
+The gathered bytes do not depend on the shard count or on the order in which prompts finished.
+Responses must cover every prompt exactly once; a duplicate record is an error naming its file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from salmon_wf.data.jsonl import RecordError, read_jsonl, write_jsonl
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompts", required=True, type=Path, help="prompts.jsonl (the order)")
+    parser.add_argument("--shards", nargs="+", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument(
+        "--principles", type=Path, help="principle file: judgments are sorted in its order"
+    )
+
+
+def gather(prompts: Path, shards: list[Path], principles: Path | None = None) -> list[dict]:
+    order = {r["id"]: i for i, r in enumerate(read_jsonl(prompts, required=("id",)))}
+    dims: dict[str, int] = {}
+    if principles is not None:
+        from salmon_wf.data.principles import load_principles
+
+        dims = {p.dimension: i for i, p in enumerate(load_principles(principles))}
+    seen: dict[tuple[str, str], Path] = {}
+    records = []
+    for shard in shards:
+        required = ("id", "dimension") if principles else ("id",)
+        for record in read_jsonl(shard, required=required):
+            key = (record["id"], record.get("dimension", ""))
+            if record["id"] not in order:
+                raise RecordError(f"{shard}: id {record['id']!r} is not in {prompts}")
+            if key in seen:
+                raise RecordError(f"{shard}: duplicate record {key} (also in {seen[key]})")
+            if principles is not None and record["dimension"] not in dims:
+                raise RecordError(f"{shard}: dimension {record['dimension']!r} not in {principles}")
+            seen[key] = shard
+            records.append(record)
+    if principles is None:
+        missing = [k for k in order if (k, "") not in seen]
+        if missing:
+            raise RecordError(f"{len(missing)} prompt(s) have no response, e.g. {missing[:3]}")
+    records.sort(key=lambda r: (order[r["id"]], dims.get(r.get("dimension", ""), 0)))
+    return records
+
+
+def run(args: argparse.Namespace) -> int:
+    records = gather(args.prompts, args.shards, args.principles)
+    count = write_jsonl(args.output, records)
+    print(f"gathered {count} records from {len(args.shards)} shard(s) into {args.output}")
+    return 0

@@ -1,0 +1,110 @@
+"""Sample one response per prompt for one shard of one sampling run (resumable).
+
+Shard i of n takes prompts[i::n]. Each finished prompt is appended as one JSON line at once; a
+rerun after a crash or kill resumes after the last complete line. A record: id, instruction,
+input, generation (raw text), response (cut at the first stop string, stripped),
+finish_reason, n_prompt_tokens, n_generated_tokens, truncated.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from salmon_wf.data.jsonl import ResumableOutput, read_jsonl
+from salmon_wf.engine.chat import STYLES, format_prompt
+from salmon_wf.engine.prompts import common_prefix
+from salmon_wf.engine.sampler import Completion, Request, Sampler, SamplingParams
+from salmon_wf.stages.common import Progress, add_model_arguments, barrier, shard_items, start_rank
+
+MIN_SHARED_PREFIX = 8  # tokens: below this a prefix cache is not worth a copy
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--prompts", required=True, type=Path, help="prompts.jsonl")
+    parser.add_argument("--output", required=True, type=Path, help="this shard's responses")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=768)
+    parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    parser.add_argument("--style", choices=STYLES, default="dromedary")
+    parser.add_argument("--meta-prompt", type=Path, help="text file put before every prompt")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once")
+    parser.add_argument("--label", default="sample", help="name shown in progress lines")
+
+
+def clean_response(generation: str, stops: tuple[str, ...]) -> str:
+    """SALMON's cleaning: cut at the first stop string, strip whitespace."""
+    cut = len(generation)
+    for stop in stops:
+        found = generation.find(stop)
+        if found >= 0:
+            cut = min(cut, found)
+    return generation[:cut].strip()
+
+
+def render(style: str, prompt: dict, meta: str) -> str:
+    return format_prompt(style, prompt["instruction"], prompt.get("input", ""), meta)
+
+
+def to_record(prompt: dict, completion: Completion, stops: tuple[str, ...]) -> dict:
+    return {
+        "id": prompt["id"],
+        "instruction": prompt["instruction"],
+        "input": prompt.get("input", ""),
+        "generation": completion.text,
+        "response": clean_response(completion.text, stops),
+        "finish_reason": completion.finish_reason,
+        "n_prompt_tokens": completion.n_prompt_tokens,
+        "n_generated_tokens": len(completion.token_ids),
+        "truncated": completion.truncated,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    prompts = shard_items(
+        list(read_jsonl(args.prompts, required=("id", "instruction"))), args.shard, args.num_shards
+    )
+    stops = tuple(["###"] if args.stop is None else args.stop)
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        stop=stops,
+        seed=args.seed,
+    )
+    meta = args.meta_prompt.read_text(encoding="utf-8").rstrip("\n") if args.meta_prompt else ""
+    ctx, loaded = start_rank(args)
+    tok = loaded.tokenizer
+    out = ResumableOutput(args.output, args.fingerprint, writer=ctx.is_main)
+    done = {r["id"]: r for r in out.existing()}
+    barrier()  # every rank has read the partial file before rank 0 rewrites it
+    todo = [p for p in prompts if p["id"] not in done]
+    kept = [done[p["id"]] for p in prompts if p["id"] in done]
+    out.start(kept)
+    add_bos = args.style == "dromedary" and tok.bos_id is not None
+    by_id = {p["id"]: p for p in todo}
+    requests = [
+        Request(p["id"], tok.encode(render(args.style, p, meta), bos=add_bos)) for p in todo
+    ]
+    shared = common_prefix([r.prompt_ids for r in requests]) if len(requests) > 1 else []
+    sampler = Sampler(
+        loaded.model,
+        tok,
+        max_batch=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        shared_prefix=shared if len(shared) >= MIN_SHARED_PREFIX else None,
+        long_prompt_policy=args.long_prompt_policy,
+    )
+    label = f"{args.label} shard {args.shard + 1}/{args.num_shards}"
+    progress = Progress(label, len(prompts), done=len(kept), enabled=ctx.is_main)
+    for completion in sampler.generate(requests, params):
+        out.append([to_record(by_id[completion.key], completion, stops)])
+        progress.update(extra=f"{sampler.stats['generated_tokens']} tokens")
+    out.finish()
+    if ctx.is_main:
+        stats = sampler.stats
+        print(f"[{label}] done: {len(prompts)} prompts ({len(kept)} resumed), {stats}", flush=True)
+    return 0

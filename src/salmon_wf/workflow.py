@@ -1,0 +1,104 @@
+"""Helpers the Snakefile calls: resolved per-run settings, CLI flags, and content fingerprints.
+
+Partial rebuilds rest on fingerprints. Every derived input of a rule is marked `ancient`, so a
+rerun upstream does not by itself force a rerun downstream; instead each rule's `params` carry a
+fingerprint of everything its inputs' content depends on (upstream settings, source-file hashes).
+Changing a run's temperature therefore reruns that run, the judge and the aggregation; changing
+a run's shard count reruns only that run's sampling (its gathered file has the same bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+# Settings that change how work is split or batched, not what it computes.
+LAYOUT_KEYS = frozenset({"shards", "batch_size", "pairs_per_batch", "max_rows", "threads"})
+
+
+def digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_stamp(path: str | Path, hash_limit: int = 1 << 24) -> str:
+    """Content hash for small files (configs, templates); size + mtime for large data files."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.is_dir():
+        return digest(sorted((p.name, file_stamp(p)) for p in path.iterdir() if p.is_file()))
+    stat = path.stat()
+    if stat.st_size <= hash_limit:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def schema_defaults(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    """Defaults of a `definitions` entry (jsonschema does not fill defaults through $ref)."""
+    props = schema["definitions"][name]["properties"]
+    return {k: v["default"] for k, v in props.items() if "default" in v}
+
+
+def run_settings(config: dict[str, Any], schema: dict[str, Any], run: str) -> dict[str, Any]:
+    sampling = config["sampling"]
+    return (
+        schema_defaults(schema, "sampling_run")
+        | sampling.get("defaults", {})
+        | sampling["runs"][run]
+    )
+
+
+def semantic(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in LAYOUT_KEYS}
+
+
+def flags(options: dict[str, Any]) -> str:
+    """Shell-quoted CLI flags: key_name -> --key-name; lists repeat the flag; bools toggle."""
+    parts: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list | tuple):
+            parts += [item for v in value for item in (flag, shlex.quote(str(v)))]
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+class Recipes:
+    """Fingerprints of what each stage's output content depends on."""
+
+    def __init__(self, config: dict[str, Any], schema: dict[str, Any]) -> None:
+        self.config, self.schema = config, schema
+
+    def prompts(self) -> str:
+        cfg = self.config["prompts"]
+        return digest({"prompts": cfg, "input": file_stamp(cfg["input"])})
+
+    def model(self) -> str:
+        cfg = semantic(self.config["model"])
+        cfg.pop("mp", None)  # any checkpoint MP gives the same model
+        if cfg["source"] in ("dir", "gguf"):
+            cfg["stamp"] = file_stamp(cfg["path"])
+        return digest(cfg)
+
+    def sample(self, run: str) -> str:
+        settings = semantic(run_settings(self.config, self.schema, run))
+        settings["meta_prompt_stamp"] = file_stamp(settings.get("meta_prompt", ""))
+        return digest({"run": settings, "prompts": self.prompts(), "model": self.model()})
+
+    def judge(self) -> str:
+        cfg = semantic(self.config["judge"])
+        stamps = {k: file_stamp(cfg[k]) for k in ("principles", "template")}
+        runs = [self.sample(r) for r in self.config["sampling"]["runs"]]
+        return digest({"judge": cfg, "stamps": stamps, "runs": runs})
+
+    def aggregate(self) -> str:
+        return digest({"aggregate": self.config["aggregate"], "judge": self.judge()})
