@@ -3,7 +3,7 @@
 
 def judge_args():
     cfg = config["judge"]
-    keep = ("min_chars", "answer_context", "choices", "pairs_per_batch", "max_rows")
+    keep = ("min_chars", "answer_context", "choices", "max_rows")
     keep += ("long_prompt_policy",)
     options = {k: cfg[k] for k in keep}
     return flags(options) + ("" if cfg["add_bos"] else " --no-bos")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 # Settings that change how work is split or batched, not what it computes.
-LAYOUT_KEYS = frozenset({"shards", "batch_size", "pairs_per_batch", "max_rows", "threads"})
+LAYOUT_KEYS = frozenset({"shards", "batch_size", "max_rows", "threads"})
 
 
 def digest(value: Any) -> str:

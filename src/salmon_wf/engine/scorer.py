@@ -41,12 +41,26 @@ def build_tree(prompts: Sequence[Sequence[int]], indices: list[int], depth: int 
 
 
 class PrefixScorer:
-    """Scores prompts with prefix sharing; `max_rows` bounds the rows of one forward batch."""
+    """Scores prompts with prefix sharing; `max_rows` bounds the rows of one forward batch.
 
-    def __init__(self, model: Transformer, max_rows: int = 16) -> None:
+    `shared_prefix` (e.g. BOS + the judging template's head) is run once at construction and
+    reused by every call whose prompts all start with it. A prompt's scores then depend only on
+    the prompts it is scored with, not on earlier calls: the judge scores one pair per call, so
+    its scores are the same bits whatever the shard count.
+    """
+
+    def __init__(
+        self, model: Transformer, max_rows: int = 16, shared_prefix: Sequence[int] = ()
+    ) -> None:
         self.model = model
         self.max_rows = max_rows
         self.stats = {"prompts": 0, "prompt_tokens": 0, "tokens_run": 0, "forwards": 0}
+        self.prefix = list(shared_prefix)
+        self.prefix_cache: KVCache | None = None
+        if self.prefix:
+            self.prefix_cache = KVCache.allocate(model, 1, len(self.prefix))
+            model(torch.tensor([self.prefix], device=model.device), 0, self.prefix_cache)
+            self.stats["tokens_run"] += len(self.prefix)
 
     def score(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> torch.Tensor:
         """[len(prompts), len(token_ids)] float32 logits of the next token after each prompt."""
@@ -61,12 +75,16 @@ class PrefixScorer:
         self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
         if not prompts:
             return out
-        root = build_tree(prompts, list(range(len(prompts))))
         ids = torch.tensor(list(token_ids), device=self.model.device)
-        if root.edge:
-            self._run_children([root], None, 0, ids, out)
+        p = len(self.prefix)
+        if self.prefix_cache is not None and all(
+            len(x) > p and list(x[:p]) == self.prefix for x in prompts
+        ):
+            parent, depth = self.prefix_cache, p
         else:
-            self._run_children(root.children, None, 0, ids, out)
+            parent, depth = None, 0
+        root = build_tree(prompts, list(range(len(prompts))), depth)
+        self._run_children([root] if root.edge else root.children, parent, depth, ids, out)
         return out
 
     def _run_children(

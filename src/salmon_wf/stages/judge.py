@@ -86,6 +86,17 @@ def pair_prompts(pair: Pair, principles: list[Principle], template: str) -> list
     return texts
 
 
+def template_head(tokenizer: Tokenizer, template: str, bos: bool) -> list[int]:
+    """Tokens every judging prompt starts with: the template before its first placeholder.
+
+    The last token is dropped so a merge across the boundary cannot make it differ from the
+    prompts' own tokenisation (the scorer checks, and runs without it if it still differs).
+    """
+    first = _PLACEHOLDER.search(template)
+    head = template[: first.start()] if first else template
+    return tokenizer.encode(head, bos=bos)[:-1]
+
+
 def decide(s12: float, s21: float) -> int:
     if s12 > 0 and s21 > 0:
         return 1
@@ -111,7 +122,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-context", default="Output (", help="text the choice follows")
     parser.add_argument("--choices", nargs=2, default=["a", "b"])
     parser.add_argument("--no-bos", action="store_true", help="do not prefix prompts with BOS")
-    parser.add_argument("--pairs-per-batch", type=int, default=4, help="pairs scored together")
     parser.add_argument("--max-rows", type=int, default=16, help="rows of one forward batch")
 
 
@@ -132,43 +142,37 @@ def run(args: argparse.Namespace) -> int:
     complete = {k for k, v in per_pair.items() if len(v) == len(principles)}
     out.start([r for r in previous if r["id"] in complete])
     todo = [p for p in pairs if p.id not in complete]
-    scorer = PrefixScorer(loaded.model, max_rows=args.max_rows)
-    limit = loaded.model.args.max_seq_len if args.max_seq_len is None else args.max_seq_len
     bos = tok.bos_id is not None and not args.no_bos
+    scorer = PrefixScorer(loaded.model, args.max_rows, template_head(tok, template, bos))
+    limit = loaded.model.args.max_seq_len if args.max_seq_len is None else args.max_seq_len
     label = f"judge shard {args.shard + 1}/{args.num_shards}"
     progress = Progress(label, len(pairs), done=len(pairs) - len(todo), enabled=ctx.is_main)
     too_long = truncated = 0
-    for start in range(0, len(todo), args.pairs_per_batch):
-        batch, prompts, owners = todo[start : start + args.pairs_per_batch], [], []
-        for pair in batch:
-            encoded = [tok.encode(t, bos=bos) for t in pair_prompts(pair, principles, template)]
-            fitted = [fit_prompt(e, limit, args.long_prompt_policy) for e in encoded]
-            if any(f.ids is None for f in fitted):
-                too_long += 1
-                continue
-            truncated += sum(f.truncated for f in fitted)
-            prompts += [f.ids for f in fitted]
-            owners.append(pair)
-        logits = scorer.score(prompts, ids).tolist() if prompts else []
-        n = len(principles)
-        for k, pair in enumerate(owners):
-            block = logits[2 * n * k : 2 * n * (k + 1)]
-            records = []
-            for j, principle in enumerate(principles):
-                (a12, b12), (a21, b21) = block[j], block[n + j]
-                s12, s21 = a12 - b12, b21 - a21
-                records.append(
-                    {
-                        "id": pair.id,
-                        "dimension": principle.dimension,
-                        "relative_score": [s12, s21],
-                        "preference": decide(s12, s21),
-                        "logits_12": [a12, b12],
-                        "logits_21": [a21, b21],
-                    }
-                )
-            out.append(records)
-        progress.update(len(batch))
+    n = len(principles)
+    for pair in todo:  # one pair per call: its scores do not depend on its neighbours
+        encoded = [tok.encode(t, bos=bos) for t in pair_prompts(pair, principles, template)]
+        fitted = [fit_prompt(e, limit, args.long_prompt_policy) for e in encoded]
+        progress.update()
+        if any(f.ids is None for f in fitted):
+            too_long += 1
+            continue
+        truncated += sum(f.truncated for f in fitted)
+        logits = scorer.score([f.ids for f in fitted], ids).tolist()
+        records = []
+        for j, principle in enumerate(principles):
+            (a12, b12), (a21, b21) = logits[j], logits[n + j]
+            s12, s21 = a12 - b12, b21 - a21
+            records.append(
+                {
+                    "id": pair.id,
+                    "dimension": principle.dimension,
+                    "relative_score": [s12, s21],
+                    "preference": decide(s12, s21),
+                    "logits_12": [a12, b12],
+                    "logits_21": [a21, b21],
+                }
+            )
+        out.append(records)
     out.finish()
     if ctx.is_main:
         summary = counts | {"shard_pairs": len(pairs), "resumed": len(complete)}
