@@ -28,6 +28,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int = 42
+    ignore_eos: bool = False  # run every row to max_new_tokens (benchmarks: equal work)
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
@@ -221,7 +222,7 @@ class Sampler:
         for i, token in zip(indices, chosen, strict=True):
             slot = slots[i]
             slot.generated.append(token)
-            if token in stop_ids:
+            if token in stop_ids and not params.ignore_eos:
                 slot.budget = len(slot.generated)  # marks done; reason found in _finish
             elif params.stop:
                 tail = self.tokenizer.decode(slot.generated[-window:])
@@ -234,7 +235,7 @@ class Sampler:
 
     def _finish(self, slot: _Slot, stop_ids: frozenset[int], params: SamplingParams) -> Completion:
         ids = slot.generated
-        if ids and ids[-1] in stop_ids:
+        if ids and ids[-1] in stop_ids and not params.ignore_eos:
             reason, ids = "eos", ids[:-1]
         else:
             reason = "length"
