@@ -1,0 +1,160 @@
+"""The workflow end to end on tests/smoke.yaml, dry runs, and partial rebuilds after a change."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from salmon_wf.data.jsonl import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+PATH_KEYS = [("prompts", "input"), ("sampling", "defaults", "meta_prompt")]
+PATH_KEYS += [("judge", "principles"), ("judge", "template")]
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(workdir: Path, **changes: object) -> Path:
+    """The smoke config with resource paths made absolute, then `changes` ("a.b.c": value)."""
+    config = yaml.safe_load((REPO / "tests" / "smoke.yaml").read_text())
+    config.setdefault("judge", {}).setdefault(
+        "principles", "src/salmon_wf/resources/principles.json"
+    )
+    config["judge"].setdefault("template", "src/salmon_wf/resources/judge_template.txt")
+    for keys in PATH_KEYS:
+        node = config
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = str(REPO / node[keys[-1]])
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(workdir: Path, *args: str) -> str:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout + done.stderr
+
+
+def planned_jobs(workdir: Path) -> Counter:
+    """Jobs of a dry run, as (rule, output-without-results-prefix) counts by rule."""
+    text = snakemake(workdir, "-n")
+    return Counter(re.findall(r"^(?:local)?rule (\w+):$", text, flags=re.MULTILINE))
+
+
+def planned_outputs(workdir: Path) -> list[str]:
+    text = snakemake(workdir, "-n")
+    return re.findall(r"^\s+output: (.+)$", text, flags=re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    write_config(workdir)
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_every_output_has_the_right_counts_and_schema(done_run: Path) -> None:
+    results = done_run / "results"
+    summary = json.loads((results / "prompts.summary.json").read_text())
+    prompts = list(read_jsonl(results / "prompts.jsonl"))
+    assert len(prompts) == summary["n_prompts"] > 20
+    assert sum(summary["dropped"].values()) >= 5  # the sample's deliberate bad cases
+    ids = [p["id"] for p in prompts]
+    runs = {}
+    for run in ("response0", "response1"):
+        records = list(read_jsonl(results / "responses" / f"{run}.jsonl"))
+        assert [r["id"] for r in records] == ids
+        assert all(set(r) >= {"generation", "response", "finish_reason"} for r in records)
+        runs[run] = records
+    assert [r["generation"] for r in runs["response0"]] != [
+        r["generation"] for r in runs["response1"]
+    ]
+    principles = json.loads((REPO / "src/salmon_wf/resources/principles.json").read_text())
+    judgments = list(read_jsonl(results / "judgments.jsonl"))
+    judged = sorted({j["id"] for j in judgments}, key=ids.index)
+    assert len(judgments) == len(judged) * len(principles) and len(judged) > 10
+    for j in judgments:
+        s12, s21 = j["relative_score"]
+        assert j["preference"] == (1 if s12 > 0 and s21 > 0 else 2 if s12 < 0 and s21 < 0 else 0)
+    records = json.loads((results / "preferences.json").read_text())
+    assert records == list(read_jsonl(results / "preferences.jsonl"))
+    assert records
+    for record in records:
+        dims = ast.literal_eval(record["dimensions"])
+        negs = ast.literal_eval(record["negative_definitions"])
+        assert isinstance(dims, tuple) and all(isinstance(d, str) for d in dims)
+        assert isinstance(negs, tuple) and all(type(n) is int for n in negs)
+        assert len(dims) == len(negs) and record["preference"] in (1, 2)
+    stats = json.loads((results / "preferences.stats.json").read_text())
+    assert stats
+    for rule in ("clean_prompts", "aggregate"):
+        assert (done_run / "logs" / f"{rule}.log").exists()
+        assert (done_run / "benchmarks" / f"{rule}.tsv").exists()
+
+
+def test_dry_run_after_a_complete_run_has_nothing_to_do(done_run: Path) -> None:
+    write_config(done_run)
+    assert planned_jobs(done_run) == Counter()
+
+
+def test_rulegraph_renders_every_stage(done_run: Path) -> None:
+    graph = snakemake(done_run, "--rulegraph")
+    for rule in ("clean_prompts", "sample_shard", "gather_responses", "judge_shard", "aggregate"):
+        assert rule in graph
+    assert graph.lstrip().startswith("digraph") or "digraph" in graph
+
+
+def test_sampling_parameter_of_one_run_reruns_that_run_judge_and_aggregate(done_run: Path):
+    write_config(done_run, **{"sampling.runs.response0.temperature": 0.5})
+    assert planned_jobs(done_run) == Counter(
+        sample_shard=2, gather_responses=1, judge_shard=2, gather_judgments=1, aggregate=1
+    )
+    outputs = " ".join(planned_outputs(done_run))
+    assert "response0/shard-0-of-2" in outputs and "response1" not in outputs.replace(
+        "results/responses/response0.jsonl", ""
+    ).replace("response1.jsonl", "")
+
+
+def test_principle_file_change_reruns_judge_and_aggregate_only(done_run: Path, tmp_path: Path):
+    principles = tmp_path / "principles.json"
+    shutil.copy(REPO / "src/salmon_wf/resources/principles.json", principles)
+    write_config(done_run, **{"judge.principles": str(principles)})
+    assert planned_jobs(done_run) == Counter(judge_shard=2, gather_judgments=1, aggregate=1)
+
+
+def test_aggregation_parameter_reruns_aggregate_only(done_run: Path) -> None:
+    write_config(done_run, **{"aggregate.seed": 7})
+    assert planned_jobs(done_run) == Counter(aggregate=1)
+
+
+def test_shard_count_of_one_run_reruns_only_its_sampling_with_same_bytes(done_run: Path):
+    before = (done_run / "results/responses/response1.jsonl").read_bytes()
+    judgments = (done_run / "results/judgments.jsonl").stat().st_mtime_ns
+    write_config(done_run, **{"sampling.runs.response1.shards": 3})
+    assert planned_jobs(done_run) == Counter(sample_shard=3, gather_responses=1)
+    snakemake(done_run, "--cores", "2")
+    assert (done_run / "results/responses/response1.jsonl").read_bytes() == before
+    assert (done_run / "results/judgments.jsonl").stat().st_mtime_ns == judgments
+    write_config(done_run, **{"sampling.runs.response1.shards": 3})
+    assert planned_jobs(done_run) == Counter()
