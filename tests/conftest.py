@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from salmon_wf.model.gguf_import import SMOLLM2_PACKAGE, import_gguf
 from salmon_wf.model.loader import LoadedModel, load_model
 from salmon_wf.model.parallel import ParallelContext, setup_model_parallel, teardown_model_parallel
 from salmon_wf.model.tiny import make_tiny_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+try:
+    metadata.distribution(SMOLLM2_PACKAGE)
+    HAVE_SMOLLM2 = True
+except metadata.PackageNotFoundError:
+    HAVE_SMOLLM2 = False
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct imported once per session (dequantising takes a few seconds)."""
+    if not HAVE_SMOLLM2:
+        pytest.skip(f"{SMOLLM2_PACKAGE} is not installed")
+    out = tmp_path_factory.mktemp("smollm2") / "model"
+    start = time.perf_counter()
+    import_gguf("smollm2", out, mp=1, log=lambda _message: None)
+    sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
+    print(f"\nSmolLM2 import at mp 1: {time.perf_counter() - start:.1f} s, files {sizes}")
+    return out
 
 
 @pytest.fixture(scope="session")

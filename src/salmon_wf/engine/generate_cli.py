@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, ctx, dtype=args.dtype, tokenizer_path=args.tokenizer)
     tokenizer = loaded.tokenizer
     text = format_prompt(args.style, args.prompt, meta_prompt=args.system)
-    ids = tokenizer.encode(text, bos=tokenizer.bos_id is not None and args.style != "chatml")
+    ids = tokenizer.encode(text, bos=tokenizer.add_bos and args.style != "chatml")
     params = SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,

@@ -16,6 +16,7 @@ from salmon_wf.model.params import CheckpointError
 class Tokenizer(ABC):
     bos_id: int | None
     eos_id: int | None
+    add_bos: bool  # whether the model was trained with BOS before each text
     path: Path
 
     @property
@@ -47,7 +48,7 @@ class Tokenizer(ABC):
     def stop_ids(self) -> frozenset[int]:
         """Ids that end a generation: EOS plus chat end-of-turn markers the vocab defines."""
         ids = {self.eos_id} if self.eos_id is not None else set()
-        for marker in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>"):
+        for marker in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>"):
             found = self.token_to_id(marker)
             if found is not None:
                 ids.add(found)
@@ -77,6 +78,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.sp = spm.SentencePieceProcessor(model_file=str(path))
         self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
         self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+        self.add_bos = self.bos_id is not None
 
     @property
     def vocab_size(self) -> int:
@@ -113,6 +115,8 @@ class HFTokenizer(Tokenizer):
         self.chat_template: str | None = config.get("chat_template")
         self.bos_id = self._special_id(config, "bos_token")
         self.eos_id = self._special_id(config, "eos_token")
+        # SmolLM2's BOS is <|im_start|>: a chat marker, not a document start (add_bos_token false).
+        self.add_bos = bool(config.get("add_bos_token", False)) and self.bos_id is not None
 
     def _special_id(self, config: dict, key: str) -> int | None:
         content = _token_content(config.get(key))

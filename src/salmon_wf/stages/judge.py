@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     complete = {k for k, v in per_pair.items() if len(v) == len(principles)}
     out.start([r for r in previous if r["id"] in complete])
     todo = [p for p in pairs if p.id not in complete]
-    bos = tok.bos_id is not None and not args.no_bos
+    bos = tok.add_bos and not args.no_bos
     scorer = PrefixScorer(loaded.model, args.max_rows, template_head(tok, template, bos))
     limit = loaded.model.args.max_seq_len if args.max_seq_len is None else args.max_seq_len
     label = f"judge shard {args.shard + 1}/{args.num_shards}"

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     todo = [p for p in prompts if p["id"] not in done]
     kept = [done[p["id"]] for p in prompts if p["id"] in done]
     out.start(kept)
-    add_bos = args.style == "dromedary" and tok.bos_id is not None
+    add_bos = args.style != "chatml" and tok.add_bos
     by_id = {p["id"]: p for p in todo}
     requests = [
         Request(p["id"], tok.encode(render(args.style, p, meta), bos=add_bos)) for p in todo

@@ -1,0 +1,230 @@
+"""Offline readers for the three published OASST1 layouts, normalised to one flat message stream.
+
+Layouts: "parquet" (an HF split, a file or a folder of files) and "messages" (jsonl, one flat
+message per line) are the flat layout; "trees" is one tree per line
+({"message_tree_id", "tree_state", "prompt": node}); "nested" is one message per line with its
+"replies" nested. Every reader yields `Message`s, so later stages never care where data came from.
+Gzip is detected from the file's magic bytes, not its name. Malformed input raises
+`OasstFormatError` naming the file, the line (or parquet row) and the field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+LAYOUTS = ("parquet", "messages", "nested", "trees")
+ROLES = ("prompter", "assistant")
+_GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
+
+
+class OasstFormatError(ValueError):
+    """Input that is not OASST1: the message names the file, the line or row, and the field."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One OASST1 message with the fields the pipeline uses; `source` locates it for errors."""
+
+    message_id: str
+    parent_id: str | None
+    text: str
+    role: str
+    lang: str
+    deleted: bool
+    review_result: bool | None
+    message_tree_id: str | None
+    synthetic: bool
+    rank: int | None = None
+    source: str = field(default="", compare=False)
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == _GZIP_MAGIC
+
+
+def _open_text(path: Path) -> TextIO:
+    """Text handle on a plain or gzip file (gzip found by content, so any name works)."""
+    if _is_gzip(path):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if not files:
+            raise OasstFormatError(f"{path}: folder holds no *.parquet files")
+        return files
+    return [path]
+
+
+def _first_record(path: Path) -> tuple[int, Any] | None:
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                return number, _parse_line(path, number, line)
+    return None
+
+
+def detect_layout(path: str | Path) -> str:
+    """Layout of `path` from its kind (folder, parquet magic) and, for jsonl, its first record."""
+    path = Path(path)
+    if not path.exists():
+        raise OasstFormatError(f"{path}: no such file or folder")
+    if path.is_dir() or path.suffix == ".parquet":
+        return "parquet"
+    with path.open("rb") as handle:
+        if handle.read(4) == _PARQUET_MAGIC:
+            return "parquet"
+    first = _first_record(path)
+    if first is None:
+        raise OasstFormatError(f"{path}: empty file, no records")
+    number, record = first
+    if "prompt" in record:
+        return "trees"
+    if "message_id" not in record:
+        raise OasstFormatError(
+            f"{path} line {number}: cannot detect layout: no field 'prompt' (trees) "
+            "or 'message_id' (messages)"
+        )
+    return "nested" if "replies" in record else "messages"
+
+
+def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise OasstFormatError(f"{path} line {number}: invalid JSON ({exc.msg})") from exc
+    if not isinstance(record, dict):
+        raise OasstFormatError(f"{path} line {number}: expected a JSON object")
+    return record
+
+
+def _optional(record: dict[str, Any], key: str, kinds: tuple[type, ...], where: str) -> Any:
+    value = record.get(key)
+    if value is not None and not isinstance(value, kinds):
+        raise OasstFormatError(f"{where}: field '{key}' must be {kinds[0].__name__}")
+    return value
+
+
+def _required_str(record: dict[str, Any], key: str, where: str) -> str:
+    if key not in record or record[key] is None:
+        raise OasstFormatError(f"{where}: field '{key}' missing")
+    if not isinstance(record[key], str):
+        raise OasstFormatError(f"{where}: field '{key}' must be a string")
+    return record[key]
+
+
+def to_message(
+    record: dict[str, Any],
+    where: str,
+    parent_id: str | None = None,
+    tree_id: str | None = None,
+    flat: bool = True,
+) -> Message:
+    """Validate one raw message. Flat rows must state parent_id; nested nodes inherit it."""
+    message_id = _required_str(record, "message_id", where)
+    if not message_id:
+        raise OasstFormatError(f"{where}: field 'message_id' is empty")
+    text = _required_str(record, "text", where)
+    role = _required_str(record, "role", where)
+    if role not in ROLES:
+        raise OasstFormatError(f"{where}: field 'role' is {role!r}, not one of {ROLES}")
+    if flat and "parent_id" not in record:
+        raise OasstFormatError(f"{where}: field 'parent_id' missing (null marks a root)")
+    own_parent = _optional(record, "parent_id", (str,), where)
+    if not flat:
+        if own_parent is not None and parent_id is not None and own_parent != parent_id:
+            raise OasstFormatError(
+                f"{where}: field 'parent_id' is {own_parent!r} but the message is nested "
+                f"under {parent_id!r}"
+            )
+        own_parent = parent_id if parent_id is not None else own_parent
+    rank = _optional(record, "rank", (int, float), where)
+    tree = _optional(record, "message_tree_id", (str,), where) or tree_id
+    return Message(
+        message_id=message_id,
+        parent_id=own_parent,
+        text=text,
+        role=role,
+        lang=_optional(record, "lang", (str,), where) or "",
+        deleted=bool(_optional(record, "deleted", (bool,), where)),
+        review_result=_optional(record, "review_result", (bool,), where),
+        message_tree_id=tree or (message_id if own_parent is None else None),
+        synthetic=bool(_optional(record, "synthetic", (bool,), where)),
+        rank=None if rank is None or rank != rank else int(rank),  # NaN from pandas = no rank
+        source=where,
+    )
+
+
+def _flatten(
+    node: Any, where: str, trail: str, parent_id: str | None, tree_id: str | None
+) -> Iterator[Message]:
+    """A nested node and all its replies, depth first; each error names the node's trail."""
+    here = f"{where} ({trail})" if trail else where
+    if not isinstance(node, dict):
+        raise OasstFormatError(f"{here}: expected a message object")
+    message = to_message(node, here, parent_id, tree_id, flat=False)
+    yield message
+    replies = node.get("replies") or []
+    if not isinstance(replies, list):
+        raise OasstFormatError(f"{here}: field 'replies' must be a list")
+    for i, reply in enumerate(replies):
+        child = f"{trail}.replies[{i}]" if trail else f"replies[{i}]"
+        yield from _flatten(reply, where, child, message.message_id, message.message_tree_id)
+
+
+def _read_jsonl(path: Path, layout: str) -> Iterator[Message]:
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            record = _parse_line(path, number, line)
+            where = f"{path} line {number}"
+            if layout == "trees":
+                if not isinstance(record.get("prompt"), dict):
+                    raise OasstFormatError(f"{where}: field 'prompt' missing or not an object")
+                tree_id = _optional(record, "message_tree_id", (str,), where)
+                yield from _flatten(record["prompt"], where, "prompt", None, tree_id)
+            elif "replies" in record:
+                yield from _flatten(record, where, "", None, None)
+            else:
+                yield to_message(record, where)
+
+
+def _read_parquet(path: Path) -> Iterator[Message]:
+    import pyarrow.parquet as pq  # only parquet input pays for the import
+
+    for file in _parquet_files(path):
+        try:
+            parquet = pq.ParquetFile(file)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise OasstFormatError(f"{file}: not a readable parquet file ({exc})") from exc
+        row = 0
+        for batch in parquet.iter_batches(batch_size=4096):
+            for record in batch.to_pylist():
+                yield to_message(record, f"{file} row {row}")
+                row += 1
+
+
+def read_messages(path: str | Path, layout: str = "auto") -> Iterator[Message]:
+    """Every message of an OASST1 file or folder, flat, in file order (layout auto-detected)."""
+    path = Path(path)
+    if layout == "auto":
+        layout = detect_layout(path)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown OASST1 layout {layout!r}; expected auto or one of {LAYOUTS}")
+    if not path.exists():
+        raise OasstFormatError(f"{path}: no such file or folder")
+    if layout == "parquet":
+        return _read_parquet(path)
+    if path.is_dir():
+        raise OasstFormatError(f"{path}: a folder is only read as parquet")
+    return _read_jsonl(path, layout)

@@ -1,0 +1,188 @@
+"""Clean OASST1 into first-turn prompts with stable ids, plus a summary of what was dropped.
+
+SALMON's rule: every root prompter message (parent_id null) that has a reply becomes a prompt
+(the original follows the first child at each level and keeps chains of >= 2 messages; "has a
+reply" is the same test). On top, each optional filter below drops roots; with them all off
+(require_reply stays on) the result is SALMON's set. A root is counted under the first rule that
+drops it, in this order: not_prompter, deleted, review_failed, no_reply, language, too_short,
+too_long, duplicate.
+
+A prompt's id is "oasst-" + the first 16 hex digits of sha1(message_id): it depends on the message
+alone, never on file order or layout. Texts are stripped; lengths and duplicates use the stripped
+text; among duplicates the one with the smallest id is kept. Records are sorted by id, so every
+layout of the same messages gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from salmon_wf.data.jsonl import write_json, write_jsonl
+from salmon_wf.data.oasst import LAYOUTS, Message, OasstFormatError, detect_layout, read_messages
+
+DROP_REASONS = (
+    "not_prompter",
+    "deleted",
+    "review_failed",
+    "no_reply",
+    "language",
+    "too_short",
+    "too_long",
+    "duplicate",
+)
+
+
+@dataclass(frozen=True)
+class PromptFilter:
+    """Filter options; defaults match config.yaml (min_chars 4 drops "Hi", max 4096 keeps all)."""
+
+    drop_deleted: bool = True
+    drop_review_failed: bool = True
+    languages: tuple[str, ...] = ()  # primary subtags; empty = every language
+    dedupe: bool = True
+    min_chars: int = 4
+    max_chars: int = 4096
+    require_reply: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_chars < 0 or self.max_chars < max(self.min_chars, 1):
+            raise ValueError(f"bad length range: min {self.min_chars}, max {self.max_chars}")
+
+
+def primary_language(lang: str) -> str:
+    """Primary subtag, lower case: "pt-BR" and "pt_br" -> "pt"."""
+    return lang.replace("_", "-").split("-", 1)[0].strip().lower()
+
+
+def prompt_id(message_id: str) -> str:
+    return "oasst-" + hashlib.sha1(message_id.encode("utf-8")).hexdigest()[:16]
+
+
+def _drop_reason(root: Message, replies: int, options: PromptFilter) -> str | None:
+    text = root.text.strip()
+    allowed = {primary_language(lang) for lang in options.languages}
+    checks = (
+        ("not_prompter", root.role != "prompter"),
+        ("deleted", options.drop_deleted and root.deleted),
+        ("review_failed", options.drop_review_failed and root.review_result is False),
+        ("no_reply", options.require_reply and replies == 0),
+        ("language", bool(allowed) and primary_language(root.lang) not in allowed),
+        ("too_short", len(text) < options.min_chars),
+        ("too_long", len(text) > options.max_chars),
+    )
+    return next((reason for reason, failed in checks if failed), None)
+
+
+def clean_prompts(
+    messages: Iterable[Message], options: PromptFilter | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Prompt records sorted by id, and counts: n_messages, n_roots, n_prompts, dropped."""
+    options = options or PromptFilter()
+    seen: dict[str, str] = {}
+    roots: list[Message] = []
+    replies: Counter[str] = Counter()
+    for message in messages:
+        if message.message_id in seen:
+            raise OasstFormatError(
+                f"{message.source}: message_id {message.message_id!r} repeats "
+                f"(first at {seen[message.message_id]})"
+            )
+        seen[message.message_id] = message.source
+        if message.parent_id is None:
+            roots.append(message)
+        elif not (options.drop_deleted and message.deleted):
+            replies[message.parent_id] += 1
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    records: list[dict[str, Any]] = []
+    texts: set[str] = set()
+    for root in sorted(roots, key=lambda m: (prompt_id(m.message_id), m.message_id)):
+        reason = _drop_reason(root, replies[root.message_id], options)
+        text = root.text.strip()
+        if reason is None and options.dedupe and text in texts:
+            reason = "duplicate"
+        if reason is not None:
+            dropped[reason] += 1
+            continue
+        texts.add(text)
+        records.append(
+            {
+                "id": prompt_id(root.message_id),
+                "message_id": root.message_id,
+                "message_tree_id": root.message_tree_id,
+                "lang": root.lang,
+                "instruction": text,
+                "input": "",
+            }
+        )
+    stats = {
+        "n_messages": len(seen),
+        "n_roots": len(roots),
+        "n_prompts": len(records),
+        "dropped": dropped,
+    }
+    return records, stats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = PromptFilter()
+    toggle = argparse.BooleanOptionalAction
+    parser.add_argument("--input", required=True, type=Path, help="OASST1 file or parquet folder")
+    parser.add_argument("--output", required=True, type=Path, help="prompts.jsonl to write")
+    parser.add_argument("--summary", type=Path, help="JSON summary to write (counts, drops)")
+    parser.add_argument("--format", choices=("auto", *LAYOUTS), default="auto")
+    parser.add_argument("--drop-deleted", action=toggle, default=defaults.drop_deleted)
+    parser.add_argument("--drop-review-failed", action=toggle, default=defaults.drop_review_failed)
+    parser.add_argument(
+        "--languages",
+        action="append",
+        default=None,
+        help="allowed primary language subtag (repeatable or comma separated); default all",
+    )
+    parser.add_argument("--dedupe", action=toggle, default=defaults.dedupe)
+    parser.add_argument(
+        "--min-chars", type=int, default=defaults.min_chars, help="shortest prompt kept (stripped)"
+    )
+    parser.add_argument(
+        "--max-chars", type=int, default=defaults.max_chars, help="longest prompt kept (stripped)"
+    )
+    parser.add_argument("--require-reply", action=toggle, default=defaults.require_reply)
+
+
+def options_from_args(args: argparse.Namespace) -> PromptFilter:
+    languages = [x.strip() for item in args.languages or () for x in item.split(",") if x.strip()]
+    return PromptFilter(
+        drop_deleted=args.drop_deleted,
+        drop_review_failed=args.drop_review_failed,
+        languages=tuple(languages),
+        dedupe=args.dedupe,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        require_reply=args.require_reply,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = options_from_args(args)
+        layout = detect_layout(args.input) if args.format == "auto" else args.format
+        records, stats = clean_prompts(read_messages(args.input, layout), options)
+    except (OasstFormatError, ValueError) as exc:
+        print(f"clean-prompts: error: {exc}", file=sys.stderr)
+        return 1
+    summary = {"input": str(args.input), "layout": layout, **stats, "options": asdict(options)}
+    write_jsonl(args.output, records)
+    if args.summary is not None:
+        write_json(args.summary, summary)
+    dropped = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items() if v)
+    print(
+        f"{stats['n_prompts']} prompts from {stats['n_roots']} roots "
+        f"({stats['n_messages']} messages, {layout}); dropped: {dropped or 'none'}"
+    )
+    return 0
