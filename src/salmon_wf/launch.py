@@ -1,0 +1,87 @@
+"""Start one model-parallel group: one rank per GPU (or gloo rank on CPU), on one or more nodes.
+
+    python -m salmon_wf.launch --nodes N --ranks-per-node G -- <salmon-wf sub-command and args>
+
+Outside SLURM: one rank runs in this process; several ranks run under `torchrun --standalone`
+(one node only). Inside a SLURM allocation (SLURM_JOB_ID set): `srun` starts one task per node
+and each task runs `torchrun` with the rendezvous taken from SLURM's environment (first node of
+the step's node list as master, SLURM_NODEID as node rank, a port derived from the job id), so a
+group can span nodes as in SALMON (e.g. MP=12 over 2 nodes of 6 GPUs). The CPU/gloo path uses
+the same launcher, which is how the local test cluster exercises it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+PORT_BASE, PORT_SPAN = 20000, 20000
+
+
+def master_port(job_id: str) -> int:
+    """A port per job: two groups of one user on one node must not collide."""
+    return PORT_BASE + int(job_id) % PORT_SPAN if job_id.isdigit() else 29500
+
+
+def torchrun(nodes: int, per_node: int, node_rank: int, master: str, port: int) -> list[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}"]
+    command += [f"--nproc-per-node={per_node}", f"--node-rank={node_rank}"]
+    return command + [f"--master-addr={master}", f"--master-port={port}"]
+
+
+def plan(
+    nodes: int, per_node: int, stage: Sequence[str], env: Mapping[str, str], node_agent: bool
+) -> list[str] | None:
+    """The command to exec, or None to run the stage in this process."""
+    cli = ["-m", "salmon_wf.cli", *stage]
+    job_id = env.get("SLURM_JOB_ID", "")
+    if node_agent:  # one srun task per node
+        first = first_host(env["SLURM_JOB_NODELIST"])
+        node_rank = int(env.get("SLURM_NODEID", "0"))
+        return torchrun(nodes, per_node, node_rank, first, master_port(job_id)) + cli
+    if job_id and env.get("SALMON_WF_LAUNCHER", "srun") == "srun":
+        agent = [sys.executable, "-m", "salmon_wf.launch", "--node-agent"]
+        agent += ["--nodes", str(nodes), "--ranks-per-node", str(per_node), "--", *stage]
+        srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1"]
+        return [*srun, "--kill-on-bad-exit=1", *agent]
+    if nodes > 1:
+        raise SystemExit("launch: a group over several nodes needs a SLURM allocation")
+    if per_node == 1:
+        return None
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone"] + [
+        f"--nproc-per-node={per_node}",
+        *cli,
+    ]
+
+
+def first_host(nodelist: str) -> str:
+    """First host name of a SLURM node list (expanded by scontrol: 'gpu[01-02]' forms)."""
+    done = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+    )
+    return done.stdout.split()[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m salmon_wf.launch", description=__doc__)
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--ranks-per-node", type=int, default=1)
+    parser.add_argument("--node-agent", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("stage", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    stage = args.stage[1:] if args.stage[:1] == ["--"] else args.stage
+    command = plan(args.nodes, args.ranks_per_node, stage, os.environ, args.node_agent)
+    if command is None:
+        from salmon_wf.cli import main as cli_main
+
+        return cli_main(stage)
+    print("launch:", " ".join(command), file=sys.stderr, flush=True)
+    os.execvp(command[0], command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
