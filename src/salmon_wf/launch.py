@@ -29,7 +29,7 @@ def master_port(job_id: str) -> int:
 def torchrun(nodes: int, per_node: int, node_rank: int, master: str, port: int) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}"]
     command += [f"--nproc-per-node={per_node}", f"--node-rank={node_rank}"]
-    return command + [f"--master-addr={master}", f"--master-port={port}"]
+    return [*command, f"--master-addr={master}", f"--master-port={port}"]
 
 
 def plan(
@@ -51,7 +51,11 @@ def plan(
         raise SystemExit("launch: a group over several nodes needs a SLURM allocation")
     if per_node == 1:
         return None
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone"] + [
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
         f"--nproc-per-node={per_node}",
         *cli,
     ]
