@@ -17,7 +17,9 @@ rule aggregate:
         "logs/aggregate.log",
     benchmark:
         "benchmarks/aggregate.tsv"
-    localrule: True
+    localrule: CHEAP_LOCAL
+    resources:
+        **CPU_RESOURCES,
     shell:
         "{SALMON} aggregate --responses {input.responses:q} --judgments {input.judgments:q}"
         " --principles {input.principles:q} --output {output.json:q}"

@@ -4,7 +4,7 @@ import sys
 import yaml
 from snakemake.utils import min_version, validate
 
-from salmon_wf.workflow import Recipes, flags, run_settings, semantic
+from salmon_wf.workflow import Recipes, flags, group_shape, run_settings, slurm_resources
 
 min_version("9.0")
 
@@ -19,7 +19,9 @@ RUNS = list(config["sampling"]["runs"])
 RECIPES = Recipes(config, SCHEMA)
 # The interpreter running snakemake also runs the stages: no PATH or activation needed.
 SALMON = f"{sys.executable} -m salmon_wf.cli"
-TORCHRUN = f"{sys.executable} -m torch.distributed.run"
+GPU_RESOURCES = slurm_resources(config, "gpu")
+CPU_RESOURCES = slurm_resources(config, "cpu")
+CHEAP_LOCAL = config["slurm"]["cheap_rules_local"]
 
 
 wildcard_constraints:
@@ -53,11 +55,11 @@ def model_args():
 
 
 def launcher():
-    """One process for MP=1; torchrun with one rank per GPU (or gloo rank on CPU) otherwise."""
-    mp = config["model"]["mp"]
-    if mp == 1:
-        return SALMON
-    return f"{TORCHRUN} --standalone --nproc-per-node {mp} -m salmon_wf.cli"
+    """One model-parallel group: in-process, torchrun, or srun + torchrun inside SLURM."""
+    nodes, per_node = group_shape(config)
+    return (
+        f"{sys.executable} -m salmon_wf.launch --nodes {nodes} --ranks-per-node {per_node} --"
+    )
 
 
 def shard_paths(pattern, n, **fields):

@@ -23,6 +23,8 @@ rule judge_shard:
         model=model_args(),
         launcher=launcher(),
     threads: config["model"]["threads"]
+    resources:
+        **GPU_RESOURCES,
     log:
         "logs/judge/shard-{i}-of-{n}.log",
     benchmark:
@@ -48,7 +50,9 @@ rule gather_judgments:
         "logs/gather_judgments.log",
     benchmark:
         "benchmarks/gather_judgments.tsv"
-    localrule: True
+    localrule: CHEAP_LOCAL
+    resources:
+        **CPU_RESOURCES,
     shell:
         "{SALMON} gather --prompts {input.prompts:q} --principles {input.principles:q}"
         " --shards {input.shards:q} --output {output:q} > {log:q} 2>&1"

@@ -14,7 +14,8 @@ if config["model"]["source"] != "dir":
             "logs/prepare_model/{name}.log",
         benchmark:
             "benchmarks/prepare_model/{name}.tsv"
-        localrule: True
+        resources:
+            **CPU_RESOURCES,
         shell:
             """
             out=$(dirname {output:q})

@@ -19,7 +19,9 @@ rule clean_prompts:
         "logs/clean_prompts.log",
     benchmark:
         "benchmarks/clean_prompts.tsv"
-    localrule: True
+    localrule: CHEAP_LOCAL
+    resources:
+        **CPU_RESOURCES,
     shell:
         "{SALMON} clean-prompts --input {input:q} --output {output.prompts:q}"
         " --summary {output.summary:q} {params.options} > {log:q} 2>&1"

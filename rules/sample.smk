@@ -20,6 +20,8 @@ rule sample_shard:
         model=model_args(),
         launcher=launcher(),
     threads: config["model"]["threads"]
+    resources:
+        **GPU_RESOURCES,
     log:
         "logs/sample/{run}/shard-{i}-of-{n}.log",
     benchmark:
@@ -45,7 +47,9 @@ rule gather_responses:
         "logs/gather_responses/{run}.log",
     benchmark:
         "benchmarks/gather_responses/{run}.tsv"
-    localrule: True
+    localrule: CHEAP_LOCAL
+    resources:
+        **CPU_RESOURCES,
     shell:
         "{SALMON} gather --prompts {input.prompts:q} --shards {input.shards:q}"
         " --output {output:q} > {log:q} 2>&1"

@@ -102,3 +102,41 @@ class Recipes:
 
     def aggregate(self) -> str:
         return digest({"aggregate": self.config["aggregate"], "judge": self.judge()})
+
+
+def group_shape(config: dict[str, Any]) -> tuple[int, int]:
+    """(nodes, ranks per node) of one model-parallel group (= one shard job)."""
+    mp, nodes = config["model"]["mp"], config["slurm"]["nodes_per_group"]
+    if mp % nodes:
+        raise ValueError(f"model.mp {mp} is not divisible by slurm.nodes_per_group {nodes}")
+    return nodes, mp // nodes
+
+
+def slurm_resources(config: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Snakemake resources for snakemake-executor-plugin-slurm from config.yaml's slurm section.
+
+    kind "gpu": the shard jobs. One task per node (`mpi="srun"` stops the plugin from wrapping
+    the job in its own srun: our launcher calls srun itself) and `gres=gpu:<ranks per node>`,
+    which SLURM applies per node. kind "cpu": model conversion and, when not local, the cheap
+    rules. Empty settings are left out so the cluster's defaults apply. Other executors ignore
+    these keys.
+    """
+    site = config["slurm"]
+    jobs = site[f"{kind}_jobs"]
+    resources: dict[str, Any] = {
+        "slurm_partition": jobs.get("partition", ""),
+        "slurm_account": jobs.get("account", ""),
+        "qos": jobs.get("qos", ""),
+        "constraint": jobs.get("constraint", ""),
+        "slurm_extra": jobs.get("extra", ""),
+        "runtime": jobs["runtime"],
+        "mem_mb": jobs["mem_mb"],
+        "cpus_per_task": jobs["cpus_per_task"],
+    }
+    if kind == "gpu":
+        nodes, per_node = group_shape(config)
+        gpus = per_node if jobs.get("gpus_per_node") is None else jobs["gpus_per_node"]
+        resources |= {"nodes": nodes, "tasks": nodes, "mpi": "srun"}
+        if gpus:
+            resources["gres"] = f"gpu:{gpus}"
+    return {k: v for k, v in resources.items() if v not in ("", None)}
