@@ -120,7 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="this shard's judgments")
     parser.add_argument("--min-chars", type=int, default=16, help="shorter responses: pair dropped")
     parser.add_argument("--answer-context", default="Output (", help="text the choice follows")
-    parser.add_argument("--choices", nargs=2, default=["a", "b"])
+    parser.add_argument(
+        "--choices", action="append", help="the two choice pieces (give twice; default a, b)"
+    )
     parser.add_argument("--no-bos", action="store_true", help="do not prefix prompts with BOS")
     parser.add_argument("--max-rows", type=int, default=16, help="rows of one forward batch")
 
@@ -132,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
     pairs = shard_items(all_pairs, args.shard, args.num_shards)
     ctx, loaded = start_rank(args)
     tok = loaded.tokenizer
-    ids = answer_ids(tok, args.answer_context, tuple(args.choices))
+    choices = tuple(args.choices or ("a", "b"))
+    if len(choices) != 2:
+        raise SystemExit(f"judge: --choices must be given exactly twice, got {choices}")
+    ids = answer_ids(tok, args.answer_context, choices)
     out = ResumableOutput(args.output, args.fingerprint, writer=ctx.is_main)
     previous = out.existing()
     barrier()
