@@ -9,6 +9,7 @@ a run's shard count reruns only that run's sampling (its gathered file has the s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shlex
@@ -73,15 +74,20 @@ def flags(options: dict[str, Any]) -> str:
 
 
 class Recipes:
-    """Fingerprints of what each stage's output content depends on."""
+    """Fingerprints of what each stage's output content depends on.
+
+    Memoised: Snakemake evaluates params per job, and a DAG may hold thousands of shard jobs.
+    """
 
     def __init__(self, config: dict[str, Any], schema: dict[str, Any]) -> None:
         self.config, self.schema = config, schema
 
+    @functools.cache  # noqa: B019 - one Recipes per workflow run
     def prompts(self) -> str:
         cfg = self.config["prompts"]
         return digest({"prompts": cfg, "input": file_stamp(cfg["input"])})
 
+    @functools.cache  # noqa: B019 - one Recipes per workflow run
     def model(self) -> str:
         cfg = semantic(self.config["model"])
         cfg.pop("mp", None)  # any checkpoint MP gives the same model
@@ -89,17 +95,20 @@ class Recipes:
             cfg["stamp"] = file_stamp(cfg["path"])
         return digest(cfg)
 
+    @functools.cache  # noqa: B019 - one Recipes per workflow run
     def sample(self, run: str) -> str:
         settings = semantic(run_settings(self.config, self.schema, run))
         settings["meta_prompt_stamp"] = file_stamp(settings.get("meta_prompt", ""))
         return digest({"run": settings, "prompts": self.prompts(), "model": self.model()})
 
+    @functools.cache  # noqa: B019 - one Recipes per workflow run
     def judge(self) -> str:
         cfg = semantic(self.config["judge"])
         stamps = {k: file_stamp(cfg[k]) for k in ("principles", "template")}
         runs = [self.sample(r) for r in self.config["sampling"]["runs"]]
         return digest({"judge": cfg, "stamps": stamps, "runs": runs})
 
+    @functools.cache  # noqa: B019 - one Recipes per workflow run
     def aggregate(self) -> str:
         return digest({"aggregate": self.config["aggregate"], "judge": self.judge()})
 
