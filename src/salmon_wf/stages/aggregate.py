@@ -1,0 +1,688 @@
+"""Aggregate judgments into SALMON reward-model preference data (JSON list, JSONL and stats).
+
+Pairs join the two sampling runs and the judgments by prompt id (never by text or position) and
+are kept when every used dimension has a finite (s12, s21). Each dimension's scores are divided
+by the POPULATION variance (ddof=0, numpy's default, as the original) of all its s12 and s21
+values over the kept pairs; a dimension whose values are all equal has no spread to normalise
+by and scores 0. A pair gives a principle score only where s12 and s21 agree in sign (mean of
+the two / variance), else 0.
+
+Each of `passes` passes turns every kept pair into one candidate example (pass-major order):
+k ~ Geometric(p) redrawn while k > max_principles, capped at the number of used dimensions; the
+first k of a fresh shuffle of the dimensions; each negated independently; the dominant one is the
+largest |score| (first in shuffled order on ties), its sign gives preference 1 or 2, and score 0
+skips the candidate. An order bit swaps output_1/output_2, flips the preference and negates the
+scores. Then the rules: if exactly one shown output contains --ai-phrase (case-sensitive), with
+probability --ai-rule-prob prefer the other (rule_flag "ai_language_model"); with the language
+rule on, if both outputs' languages differ from the instruction's skip, if exactly one differs
+prefer the other (rule_flag "language", overriding the AI rule). A text whose language is unknown
+(no letters) never counts as differing. Finally the label flips with probability --noise, or
+--rule-noise when a rule decided.
+
+Randomness: ONE np.random.default_rng(seed). Per pass, over all N kept pairs in run-0 file order,
+six blocks are drawn in this order: (1) k = geometric(p, N), then only the entries still above
+the maximum are redrawn, in index order, until none is; (2) rng.permuted over axis 1 of an N x D
+table of dimension indices; (3) random((N, D)): position j of row i negates that row's j-th
+shuffled dimension when below --negation-prob; (4) random(N) < 0.5: the order bit; (5) random(N)
+for the AI rule; (6) random(N) for label noise. Every candidate consumes its draws even when it
+is skipped or no rule applies, so the output is a pure function of the inputs and the seed.
+
+Records are what SALMON's reward-model trainer reads: `dimensions` and `negative_definitions`
+are Python-literal tuple strings ("('Concise',)", "(0, 1)", plain ints), `preference` is 1 or 2,
+`doinate_dimension_idx` (sic) indexes `dimensions`, `flip` is the order bit (a bool), `lang` the
+instruction's language code ("unknown" without letters), `rule_flag` "" when principles decided;
+`id` is extra. Outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from salmon_wf.data.jsonl import RecordError
+from salmon_wf.data.langid import DEFAULT_MAX_CHARS, detect_languages
+from salmon_wf.data.principles import load_principles
+
+DEFAULT_EXCLUDED = ("Overall Helpful", "Natural and Fluent", "Multilingual")
+RULE_FLAGS = ("", "ai_language_model", "language")  # index = rule code in the arrays
+SWAP_PROB = 0.5
+CHUNK = 1 << 15  # examples rendered and written at a time (bounds memory, not the output)
+
+_TEXT = ("id", "instruction", "input", "response")
+RESPONSE_SCHEMA = pa.schema([(name, pa.string()) for name in _TEXT])
+JUDGMENT_SCHEMA = pa.schema(
+    [("id", pa.string()), ("dimension", pa.string()), ("relative_score", pa.list_(pa.float64()))]
+)
+_OPTIONAL = {"input"}  # a missing or null input is ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Aggregation parameters (SALMON's values are the defaults)."""
+
+    seed: int = 42
+    dimensions: tuple[str, ...] | None = None  # None: all but DEFAULT_EXCLUDED
+    passes: int = 4
+    geometric_p: float = 0.2
+    max_principles: int = 8
+    negation_prob: float = 0.5
+    ai_rule_prob: float = 0.5
+    ai_phrase: str = "As an AI language model"
+    noise: float = 0.1
+    rule_noise: float = 0.25
+    language_rule: bool = True
+    langid_max_chars: int = DEFAULT_MAX_CHARS
+
+    def check(self) -> None:
+        if self.passes < 1 or self.max_principles < 1 or self.langid_max_chars < 1:
+            raise ValueError("passes, max_principles and langid_max_chars must be >= 1")
+        if not 0 < self.geometric_p <= 1:
+            raise ValueError(f"geometric_p must be in (0, 1], got {self.geometric_p}")
+        for name in ("negation_prob", "ai_rule_prob", "noise", "rule_noise"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.ai_phrase:
+            raise ValueError("ai_phrase must not be empty")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_table(path: Path, schema: pa.Schema) -> pa.Table:
+    """The schema's columns of a JSONL file, read by Arrow (fast, multi-threaded).
+
+    Anything Arrow rejects, or a null where a value is required, goes to the strict line
+    reader instead, which builds the same table or raises an error naming line and field.
+    """
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        table = pj.read_json(path, pj.ReadOptions(block_size=16 << 20), options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _read_strict(path, schema)
+    for name in schema.names:
+        column = table.column(name)
+        if name in _OPTIONAL:
+            table = table.set_column(table.schema.get_field_index(name), name, column.fill_null(""))
+        elif column.null_count:
+            return _read_strict(path, schema)
+        elif pa.types.is_list(column.type):
+            flat = pc.list_flatten(column)
+            if flat.null_count or pc.any(pc.not_equal(pc.list_value_length(column), 2)).as_py():
+                return _read_strict(path, schema)
+    return table
+
+
+def _read_strict(path: Path, schema: pa.Schema) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{where}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise RecordError(f"{where}: expected a JSON object")
+            for name in schema.names:
+                value = record.get(name)
+                if name in _OPTIONAL and value is None:
+                    value = ""
+                columns[name].append(_checked(where, name, value, schema.field(name).type))
+    return pa.table(columns, schema=schema)
+
+
+def _checked(where: str, name: str, value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        raise RecordError(f"{where}: field '{name}' missing")
+    if pa.types.is_string(kind):
+        if not isinstance(value, str):
+            raise RecordError(f"{where}: field '{name}' must be a string")
+        return value
+    numbers = isinstance(value, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    )
+    if not numbers or len(value) != 2:
+        raise RecordError(f"{where}: field '{name}' must be a list of two numbers [s12, s21]")
+    return [float(v) for v in value]
+
+
+def _first_duplicate(ids: pa.Array) -> str | None:
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return None
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    return repeated.field("values")[0].as_py()
+
+
+# ---------------------------------------------------------------- joining
+
+
+@dataclass
+class Pairs:
+    """Kept pairs in run-0 order, with their (s12, s21) per used dimension."""
+
+    ids: list[str]
+    instruction: list[str]
+    input: list[str]
+    output_1: list[str]
+    output_2: list[str]
+    s12: np.ndarray  # (N, D) float64
+    s21: np.ndarray
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def join(
+    responses: Sequence[Path], judgments: Path, dimensions: Sequence[str], known: Sequence[str]
+) -> Pairs:
+    """Join both runs and the judgments by id; `known` is every dimension of the principle file."""
+    run0, run1 = (read_table(path, RESPONSE_SCHEMA) for path in responses)
+    for path, table in zip(responses, (run0, run1), strict=True):
+        duplicate = _first_duplicate(table.column("id").combine_chunks())
+        if duplicate is not None:
+            raise RecordError(f"{path}: duplicate id {duplicate!r}")
+    n_run0, n_run1 = run0.num_rows, run1.num_rows
+    ids0 = run0.column("id").combine_chunks()
+    where1 = pc.index_in(ids0, value_set=run1.column("id").combine_chunks())
+    both = where1.is_valid()
+    run0 = run0.filter(both)
+    run1 = run1.take(where1.filter(both))
+    for name in ("instruction", "input"):
+        differs = pc.not_equal(run0.column(name), run1.column(name))
+        if pc.any(differs).as_py():
+            bad = run0.column("id").filter(differs)[0].as_py()
+            raise RecordError(
+                f"id {bad!r}: {name} differs between {responses[0]} and {responses[1]}"
+            )
+    n_both = run0.num_rows
+
+    table = read_table(judgments, JUDGMENT_SCHEMA)
+    dim_of = pc.index_in(table.column("dimension"), value_set=pa.array(list(known), pa.string()))
+    if dim_of.null_count:
+        row = int(np.flatnonzero(~dim_of.is_valid().to_numpy(zero_copy_only=False))[0])
+        bad = table.column("dimension")[row].as_py()
+        raise RecordError(f"{judgments} record {row + 1}: dimension {bad!r} is not a principle")
+    pair_of = pc.index_in(table.column("id"), value_set=run0.column("id").combine_chunks())
+    matched = pair_of.is_valid().to_numpy(zero_copy_only=False)
+    pair = pair_of.fill_null(0).to_numpy()[matched].astype(np.int64)
+    dim = dim_of.to_numpy()[matched].astype(np.int64)
+    scores = pc.list_flatten(table.column("relative_score")).to_numpy().reshape(-1, 2)[matched]
+    n_judgments = table.num_rows
+    del table, dim_of, pair_of  # the largest input: free it before the texts become Python's
+    pa.default_memory_pool().release_unused()
+
+    n_known = len(known)
+    key = pair * n_known + dim
+    seen = np.bincount(key, minlength=n_both * n_known)
+    if seen.size and seen.max() > 1:
+        first = int(np.flatnonzero(seen > 1)[0])
+        bad_id = run0.column("id")[first // n_known].as_py()
+        raise RecordError(
+            f"{judgments}: duplicate judgment for id {bad_id!r}, "
+            f"dimension {known[first % n_known]!r}"
+        )
+    have = (seen > 0).reshape(n_both, n_known)
+    s12 = np.full((n_both, n_known), np.nan)
+    s21 = np.full((n_both, n_known), np.nan)
+    s12[pair, dim], s21[pair, dim] = scores[:, 0], scores[:, 1]
+    used = [list(known).index(d) for d in dimensions]
+    s12, s21 = s12[:, used], s21[:, used]
+
+    joined = have.any(axis=1)
+    complete = have[:, used].all(axis=1)
+    finite = np.isfinite(s12).all(axis=1) & np.isfinite(s21).all(axis=1)
+    kept = joined & complete & finite
+    counts = {
+        "responses": [n_run0, n_run1],
+        "judgments": n_judgments,
+        "judgments_without_pair": int((~matched).sum()),
+        "pairs_in_both_runs": n_both,
+        "pairs_joined": int(joined.sum()),
+        "pairs_kept": int(kept.sum()),
+        "pairs_dropped": {
+            "only_in_one_run": n_run0 + n_run1 - 2 * n_both,
+            "no_judgments": int((~joined).sum()),
+            "missing_dimension": int((joined & ~complete).sum()),
+            "non_finite_score": int((joined & complete & ~finite).sum()),
+        },
+    }
+    rows = pa.array(np.flatnonzero(kept))
+    run0, run1 = run0.take(rows), run1.take(rows)
+    pairs = Pairs(
+        ids=run0.column("id").to_pylist(),
+        instruction=run0.column("instruction").to_pylist(),
+        input=run0.column("input").to_pylist(),
+        output_1=run0.column("response").to_pylist(),
+        output_2=run1.column("response").to_pylist(),
+        s12=s12[kept],
+        s21=s21[kept],
+        counts=counts,
+    )
+    del run0, run1
+    pa.default_memory_pool().release_unused()  # hand Arrow's freed buffers back to the OS
+    return pairs
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def normalise(s12: np.ndarray, s21: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Principle scores (N, D) and each dimension's population variance over s12 and s21."""
+    if s12.shape[0] == 0:
+        return np.zeros_like(s12), np.zeros(s12.shape[1])
+    variance = np.concatenate([s12, s21]).var(axis=0)  # ddof=0, like the original's np.var
+    agree = np.sign(s12) * np.sign(s21) > 0
+    spread = variance > 0
+    scale = np.where(spread, variance, 1.0)
+    return np.where(agree & spread, (s12 + s21) / 2 / scale, 0.0), variance
+
+
+@dataclass
+class Draws:
+    """One pass's random numbers, drawn in the documented block order."""
+
+    k: np.ndarray  # (N,) principles per example, each <= max_principles
+    order: np.ndarray  # (N, D) a fresh shuffle of the dimension indices per row
+    negate: np.ndarray  # (N, D) bool, by position in `order`
+    swap: np.ndarray  # (N,) bool: the order bit
+    ai_u: np.ndarray  # (N,) uniform for the AI-phrase rule
+    noise_u: np.ndarray  # (N,) uniform for label noise
+
+
+def draw(rng: np.random.Generator, n: int, d: int, settings: Settings) -> Draws:
+    k = rng.geometric(settings.geometric_p, size=n)
+    while (over := np.flatnonzero(k > settings.max_principles)).size:
+        k[over] = rng.geometric(settings.geometric_p, size=over.size)
+    order = rng.permuted(np.tile(np.arange(d), (n, 1)), axis=1)
+    negate = rng.random((n, d)) < settings.negation_prob
+    swap = rng.random(n) < SWAP_PROB
+    return Draws(k, order, negate, swap, rng.random(n), rng.random(n))
+
+
+@dataclass
+class Decisions:
+    """One pass's outcome for every candidate (row = kept pair)."""
+
+    keep: np.ndarray  # (N,) bool: an example is written
+    skip_zero: np.ndarray  # (N,) bool: dominant score 0
+    skip_language: np.ndarray  # (N,) bool: both outputs in another language
+    k: np.ndarray  # (N,) principles used (k capped at D)
+    scores: np.ndarray  # (N, D) reported scores by shuffled position (after negation, swap)
+    dominant: np.ndarray  # (N,) position of the dominant principle in the shuffled order
+    preference: np.ndarray  # (N,) 1 or 2
+    rule: np.ndarray  # (N,) index into RULE_FLAGS
+    noise_flip: np.ndarray  # (N,) bool
+
+
+def decide(
+    z: np.ndarray,
+    draws: Draws,
+    has_phrase: np.ndarray,
+    lang_differs: np.ndarray | None,
+    settings: Settings,
+) -> Decisions:
+    """SALMON's per-example rules, vectorised over one pass.
+
+    `has_phrase` and `lang_differs` are (N, 2) bools for (output_1, output_2) as read, before
+    any swap; `lang_differs` is None when the language rule is off.
+    """
+    n, d = z.shape
+    rows = np.arange(n)
+    k = np.minimum(draws.k, d)
+    signed = np.take_along_axis(z, draws.order, axis=1)
+    signed = np.where(draws.negate, -signed, signed)
+    active = np.arange(d)[None, :] < k[:, None]
+    dominant = np.where(active, np.abs(signed), -1.0).argmax(axis=1)
+    top = signed[rows, dominant]
+    skip_zero = top == 0
+    preference = np.where(top > 0, 1, 2)
+
+    swap = draws.swap
+    preference = np.where(swap, 3 - preference, preference)
+    scores = np.where(swap[:, None], -signed, signed) + 0.0  # + 0.0 turns -0.0 into 0.0
+    shown = np.where(swap[:, None], has_phrase[:, ::-1], has_phrase)
+    ai = (shown[:, 0] != shown[:, 1]) & (draws.ai_u < settings.ai_rule_prob)
+    preference = np.where(ai, np.where(shown[:, 0], 2, 1), preference)
+    rule = np.where(ai, 1, 0)
+
+    skip_language = np.zeros(n, bool)
+    if lang_differs is not None:
+        differs = np.where(swap[:, None], lang_differs[:, ::-1], lang_differs)
+        one = differs[:, 0] != differs[:, 1]
+        preference = np.where(one, np.where(differs[:, 0], 2, 1), preference)
+        rule = np.where(one, 2, rule)
+        skip_language = differs.all(axis=1) & ~skip_zero
+
+    threshold = np.where(rule > 0, settings.rule_noise, settings.noise)
+    noise_flip = draws.noise_u < threshold
+    preference = np.where(noise_flip, 3 - preference, preference)
+    keep = ~skip_zero & ~skip_language
+    return Decisions(
+        keep, skip_zero, skip_language, k, scores, dominant, preference, rule, noise_flip
+    )
+
+
+# ---------------------------------------------------------------- records
+
+
+class Renderer:
+    """Each written example's JSON line, exactly as json.dumps(record, ensure_ascii=False).
+
+    The texts make up most of every line and a pair appears in up to `passes` examples, so
+    they are JSON-encoded once per pair and the line is assembled from encoded pieces.
+    """
+
+    def __init__(self, pairs: Pairs, dims: Sequence[str], langs: Sequence[str]) -> None:
+        enc = json.JSONEncoder(ensure_ascii=False).encode
+        self.head = [
+            f'{{"id": {enc(i)}, "instruction": {enc(a)}, "input": {enc(b)}, '
+            for i, a, b in zip(pairs.ids, pairs.instruction, pairs.input, strict=True)
+        ]
+        self.output_1 = [enc(t) for t in pairs.output_1]
+        self.output_2 = [enc(t) for t in pairs.output_2]
+        self.lang = [enc(lang) for lang in langs]
+        self.dim = [enc(repr(d))[1:-1] for d in dims]  # a name's Python literal, JSON-escaped
+        self.flag = [enc(f) for f in RULE_FLAGS]
+
+    def lines(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[str]:
+        """The lines of the examples at rows `index` of one pass, in that order."""
+        columns = zip(
+            index.tolist(),
+            out.k[index].tolist(),
+            draws.order[index].tolist(),
+            draws.negate[index].astype(int).tolist(),
+            out.scores[index].tolist(),
+            out.dominant[index].tolist(),
+            out.preference[index].tolist(),
+            draws.swap[index].tolist(),
+            out.rule[index].tolist(),
+            strict=True,
+        )
+        lines = []
+        for i, k, order, negate, scores, dominant, preference, swap, rule in columns:
+            first, second = self.output_1[i], self.output_2[i]
+            if swap:
+                first, second = second, first
+            one = "," if k == 1 else ""  # a 1-tuple's literal is "(x,)"
+            names = ", ".join([self.dim[j] for j in order[:k]]) + one
+            negated = ", ".join(map(str, negate[:k])) + one
+            values = ", ".join(map(repr, scores[:k]))  # float repr is also JSON's
+            lines.append(
+                f'{self.head[i]}"output_1": {first}, "output_2": {second}, '
+                f'"preference": {preference}, "dimensions": "({names})", '
+                f'"negative_definitions": "({negated})", "dimension_scores": [{values}], '
+                f'"doinate_dimension_idx": {dominant}, "flip": {"true" if swap else "false"}, '
+                f'"lang": {self.lang[i]}, "rule_flag": {self.flag[rule]}}}'
+            )
+        return lines
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def resolve_dimensions(known: Sequence[str], requested: Sequence[str] | None) -> tuple[str, ...]:
+    """Used dimensions in principle-file order (so the order they were listed in is irrelevant).
+
+    `requested` entries may be comma lists; None means all but DEFAULT_EXCLUDED.
+    """
+    if requested is None:
+        chosen = [d for d in known if d not in DEFAULT_EXCLUDED]
+    else:
+        chosen = [name.strip() for item in requested for name in item.split(",") if name.strip()]
+        unknown = [d for d in chosen if d not in known]
+        if unknown:
+            raise ValueError(f"dimension(s) {unknown} not in the principle file ({list(known)})")
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"dimension listed twice in {chosen}")
+    if not chosen:
+        raise ValueError("no dimension left to aggregate over")
+    return tuple(d for d in known if d in chosen)
+
+
+class Aggregation:
+    """Joined, normalised pairs and their languages; `examples()` yields the records."""
+
+    def __init__(
+        self,
+        responses: Sequence[Path],
+        judgments: Path,
+        principles: Path,
+        settings: Settings,
+        workers: int = 1,
+    ) -> None:
+        settings.check()
+        self.settings = settings
+        known = [p.dimension for p in load_principles(principles)]
+        self.dims = resolve_dimensions(known, settings.dimensions)
+        self.pairs = join(responses, judgments, self.dims, known)
+        self.z, variance = normalise(self.pairs.s12, self.pairs.s21)
+        n = len(self.pairs.ids)
+        phrase = settings.ai_phrase
+        self.has_phrase = np.array(
+            [
+                [phrase in a, phrase in b]
+                for a, b in zip(self.pairs.output_1, self.pairs.output_2, strict=True)
+            ],
+            dtype=bool,
+        ).reshape(n, 2)
+        texts = list(self.pairs.instruction)
+        if settings.language_rule:
+            texts += self.pairs.output_1 + self.pairs.output_2
+        codes = detect_languages(texts, settings.langid_max_chars, workers=workers)
+        self.langs = [code or "unknown" for code in codes[:n]]
+        self.lang_differs: np.ndarray | None = None
+        if settings.language_rule:
+            self.lang_differs = np.array(
+                [
+                    [_differs(codes[i], codes[n + i]), _differs(codes[i], codes[2 * n + i])]
+                    for i in range(n)
+                ],
+                dtype=bool,
+            ).reshape(n, 2)
+        self.stats: dict[str, Any] = {"parameters": asdict(settings) | {"dimensions": self.dims}}
+        self.stats |= self.pairs.counts
+        self.stats["variance"] = dict(zip(self.dims, variance.tolist(), strict=True))
+        self.stats["zero_variance_dimensions"] = [
+            d for d, v in zip(self.dims, variance.tolist(), strict=True) if n and v == 0
+        ]
+        self.stats["instruction_languages"] = dict(Counter(self.langs).most_common())
+
+    def lines(self) -> Iterator[list[str]]:
+        """The JSON lines of every pass's written examples; fills `stats` as it goes."""
+        s, n, d = self.settings, len(self.pairs.ids), len(self.dims)
+        rng = np.random.default_rng(s.seed)
+        renderer = Renderer(self.pairs, self.dims, self.langs)
+        totals: Counter[str] = Counter()
+        per_rule = np.zeros(len(RULE_FLAGS), np.int64)
+        per_dim = np.zeros(d, np.int64)
+        per_k = np.zeros(s.max_principles + 1, np.int64)
+        for _ in range(s.passes):
+            draws = draw(rng, n, d, s)
+            out = decide(self.z, draws, self.has_phrase, self.lang_differs, s)
+            keep = out.keep
+            totals["candidates"] += n
+            totals["examples"] += int(keep.sum())
+            totals["zero_score"] += int(out.skip_zero.sum())
+            totals["language"] += int(out.skip_language.sum())
+            totals["preference_1"] += int((keep & (out.preference == 1)).sum())
+            totals["order_swaps"] += int((keep & draws.swap).sum())
+            totals["noise_principle"] += int((keep & out.noise_flip & (out.rule == 0)).sum())
+            totals["noise_rule"] += int((keep & out.noise_flip & (out.rule > 0)).sum())
+            totals["negated"] += int(
+                (draws.negate & (np.arange(d)[None, :] < out.k[:, None]))[keep].sum()
+            )
+            per_rule += np.bincount(out.rule[keep], minlength=len(RULE_FLAGS))
+            chosen = draws.order[np.arange(n), out.dominant]
+            per_dim += np.bincount(chosen[keep], minlength=d)
+            per_k += np.bincount(out.k[keep], minlength=s.max_principles + 1)[
+                : s.max_principles + 1
+            ]
+            rows = np.flatnonzero(keep)
+            for start in range(0, rows.size, CHUNK):
+                yield renderer.lines(rows[start : start + CHUNK], draws, out)
+        noise = {"principle": totals["noise_principle"], "rule": totals["noise_rule"]}
+        self.stats |= {
+            "candidates": totals["candidates"],
+            "examples": totals["examples"],
+            "skipped": {"zero_score": totals["zero_score"], "language": totals["language"]},
+            "rule_flag": {
+                flag or "none": int(c) for flag, c in zip(RULE_FLAGS, per_rule, strict=True)
+            },
+            "dominant_dimension": dict(zip(self.dims, per_dim.tolist(), strict=True)),
+            "preference": {
+                "1": totals["preference_1"],
+                "2": totals["examples"] - totals["preference_1"],
+            },
+            "order_swaps": totals["order_swaps"],
+            "noise_flips": sum(noise.values()),
+            "noise_flips_by_decision": noise,
+            "negated_principles": totals["negated"],
+            "principles_per_example": {str(k): int(c) for k, c in enumerate(per_k) if k and c},
+        }
+
+
+def _differs(instruction: str | None, output: str | None) -> bool:
+    """An output is in another language only when both languages are known."""
+    return instruction is not None and output is not None and instruction != output
+
+
+def write_outputs(batches: Iterator[list[str]], json_path: Path, jsonl_path: Path | None) -> int:
+    """Stream JSON lines into the JSON list (one record a line) and the JSONL copy.
+
+    Both files appear only when complete (temporary files, then os.replace).
+    """
+    count = 0
+    copy = _Atomic(jsonl_path) if jsonl_path is not None else nullcontext(None)
+    with _Atomic(json_path) as as_list, copy as as_lines:
+        as_list.write("[")
+        for lines in batches:
+            if not lines:
+                continue
+            as_list.write(("\n" if count == 0 else ",\n") + ",\n".join(lines))
+            if as_lines is not None:
+                as_lines.write("\n".join(lines) + "\n")
+            count += len(lines)
+        as_list.write("\n]\n" if count else "]\n")
+    return count
+
+
+class _Atomic:
+    """A temporary file beside `path`, renamed onto it only when the block succeeds.
+
+    The name carries the process id and the file is opened normally (not by mkstemp) so the
+    result gets the usual umask permissions rather than mkstemp's private 0600.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+    def __enter__(self) -> TextIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.tmp.open("w", encoding="utf-8")
+        return self.handle
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.handle.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--responses", nargs=2, required=True, type=Path, metavar=("RUN0", "RUN1"))
+    parser.add_argument("--judgments", required=True, type=Path)
+    parser.add_argument("--principles", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path, help="preferences (a JSON list)")
+    parser.add_argument("--output-jsonl", type=Path, help="the same records, one per line")
+    parser.add_argument("--stats", type=Path, help="counts of what was kept, skipped and why")
+    d = Settings()
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--dimensions",
+        action="append",
+        help="used dimensions, comma-separated or repeated "
+        f"(default: all but {', '.join(DEFAULT_EXCLUDED)})",
+    )
+    parser.add_argument("--passes", type=int, default=d.passes)
+    parser.add_argument("--geometric-p", type=float, default=d.geometric_p)
+    parser.add_argument("--max-principles", type=int, default=d.max_principles)
+    parser.add_argument("--negation-prob", type=float, default=d.negation_prob)
+    parser.add_argument("--ai-rule-prob", type=float, default=d.ai_rule_prob)
+    parser.add_argument("--ai-phrase", default=d.ai_phrase)
+    parser.add_argument("--noise", type=float, default=d.noise)
+    parser.add_argument("--rule-noise", type=float, default=d.rule_noise)
+    parser.add_argument(
+        "--language-rule", action=argparse.BooleanOptionalAction, default=d.language_rule
+    )
+    parser.add_argument(
+        "--langid-max-chars",
+        type=int,
+        default=d.langid_max_chars,
+        help="characters of each text the language identifier reads",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, _cpus()),
+        help="processes for language identification (no effect on the output)",
+    )
+
+
+def _cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the CPUs this process may use (Linux, SLURM)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        seed=args.seed,
+        dimensions=None if args.dimensions is None else tuple(args.dimensions),
+        passes=args.passes,
+        geometric_p=args.geometric_p,
+        max_principles=args.max_principles,
+        negation_prob=args.negation_prob,
+        ai_rule_prob=args.ai_rule_prob,
+        ai_phrase=args.ai_phrase,
+        noise=args.noise,
+        rule_noise=args.rule_noise,
+        language_rule=args.language_rule,
+        langid_max_chars=args.langid_max_chars,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    settings = settings_from(args)
+    agg = Aggregation(args.responses, args.judgments, args.principles, settings, args.workers)
+    loaded = time.perf_counter() - start
+    count = write_outputs(agg.lines(), args.output, args.output_jsonl)
+    if args.stats is not None:
+        with _Atomic(args.stats) as handle:
+            handle.write(json.dumps(agg.stats, ensure_ascii=False, indent=2) + "\n")
+    elapsed = time.perf_counter() - start
+    print(
+        f"aggregate: {agg.stats['pairs_kept']} pairs kept of {agg.stats['pairs_in_both_runs']}, "
+        f"{count} examples written to {args.output} "
+        f"(load+langid {loaded:.1f} s, total {elapsed:.1f} s)",
+        flush=True,
+    )
+    if count == 0:
+        print("aggregate: warning: no examples were written", flush=True)
+    return 0

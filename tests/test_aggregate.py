@@ -1,0 +1,630 @@
+"""Stage 4 (aggregate): every SALMON rule on hand-checkable fixtures, the trainer's record format,
+joining by id, determinism, and the CLI end to end."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.json as pj
+import pytest
+
+from salmon_wf import cli
+from salmon_wf.data.jsonl import RecordError
+from salmon_wf.stages import aggregate as agg
+from salmon_wf.stages.aggregate import Draws, Settings, decide, normalise
+
+DIMS = ["Overall Helpful", "Concise", "Ethical", "Specific", "Multilingual"]
+USED = ["Concise", "Ethical", "Specific"]  # DIMS minus SALMON's default exclusions
+AI = "As an AI language model"
+
+# Two pairs whose normalised scores are worked out by hand in test_variance_and_sign_agreement.
+HAND = [
+    {"id": "p1", "scores": {"Concise": (2, 4), "Ethical": (1, -1), "Specific": (0.5, 0.5)}},
+    {"id": "p2", "scores": {"Concise": (-1, -3), "Ethical": (-2, -2), "Specific": (0.5, 0.5)}},
+]
+HAND_Z = {("p1", "Concise"): 3 / 7.25, ("p2", "Concise"): -2 / 7.25, ("p2", "Ethical"): -4 / 3}
+
+
+def principles_file(tmp_path: Path, dims: list[str] = DIMS) -> Path:
+    path = tmp_path / "principles.json"
+    entries = [
+        {"dimension": d, "definition": f"Be {d}.", "negative_definition": f"Avoid being {d}."}
+        for d in dims
+    ]
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+    return path
+
+
+def write_inputs(
+    tmp_path: Path,
+    pairs: list[dict[str, Any]],
+    run1_order: list[int] | None = None,
+    extra_run0: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    extra_judgments: list[dict[str, Any]] = (),  # type: ignore[assignment]
+) -> tuple[Path, Path, Path]:
+    """Responses of both runs and judgments for `pairs`: id, scores {dim: (s12, s21)}, texts."""
+    runs: list[list[dict[str, Any]]] = [[], []]
+    judgments = []
+    for pair in pairs:
+        for run, key in enumerate(("output_1", "output_2")):
+            text = pair.get(key, f"Answer {run + 1} to {pair['id']}, written in plain English.")
+            runs[run].append(
+                {
+                    "id": pair["id"],
+                    "instruction": pair.get("instruction", f"Question {pair['id']}, please?"),
+                    "input": "",
+                    "generation": text + "###",
+                    "response": text,
+                    "finish_reason": "stop",
+                }
+            )
+        for dim, (s12, s21) in pair["scores"].items():
+            pref = 1 if s12 > 0 and s21 > 0 else 2 if s12 < 0 and s21 < 0 else 0
+            judgments.append(
+                {
+                    "id": pair["id"],
+                    "dimension": dim,
+                    "relative_score": [s12, s21],
+                    "preference": pref,
+                }
+            )
+    if run1_order is not None:
+        runs[1] = [runs[1][i] for i in run1_order]
+    r0 = write_jsonl(tmp_path / "response0.jsonl", runs[0] + list(extra_run0))
+    r1 = write_jsonl(tmp_path / "response1.jsonl", runs[1])
+    j = write_jsonl(tmp_path / "judgments.jsonl", judgments + list(extra_judgments))
+    return r0, r1, j
+
+
+def run_cli(
+    tmp_path: Path, inputs: tuple[Path, Path, Path], *flags: str, dims: list[str] = DIMS
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    r0, r1, j = inputs
+    out = tmp_path / "out"
+    argv = ["aggregate", "--responses", str(r0), str(r1), "--judgments", str(j)]
+    argv += ["--principles", str(principles_file(tmp_path, dims)), "--output"]
+    argv += [str(out / "preferences.json"), "--output-jsonl", str(out / "preferences.jsonl")]
+    argv += ["--stats", str(out / "stats.json"), "--workers", "1", *flags]
+    assert cli.main(argv) == 0
+    records = json.loads((out / "preferences.json").read_text(encoding="utf-8"))
+    lines = (out / "preferences.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == records
+    for line in lines:  # hand-assembled lines are exactly what json.dumps would write
+        assert line == json.dumps(json.loads(line), ensure_ascii=False)
+    check_trainer_schema(records)
+    return records, json.loads((out / "stats.json").read_text(encoding="utf-8"))
+
+
+def check_trainer_schema(records: list[dict[str, Any]]) -> None:
+    """The fields as SALMON's reward-model trainer parses them."""
+    for r in records:
+        dims = ast.literal_eval(r["dimensions"])
+        negs = ast.literal_eval(r["negative_definitions"])
+        assert isinstance(dims, tuple) and dims and all(type(d) is str for d in dims)
+        assert isinstance(negs, tuple) and all(type(n) is int and n in (0, 1) for n in negs)
+        assert len(set(dims)) == len(dims) == len(negs) == len(r["dimension_scores"])
+        assert type(r["preference"]) is int and r["preference"] in (1, 2)
+        assert all(type(s) is float for s in r["dimension_scores"])
+        assert type(r["doinate_dimension_idx"]) is int and 0 <= r["doinate_dimension_idx"] < len(
+            dims
+        )
+        assert type(r["flip"]) is bool and r["rule_flag"] in agg.RULE_FLAGS
+        assert {"instruction", "input", "output_1", "output_2", "lang", "id"} <= set(r)
+
+
+QUIET = ("--noise", "0", "--rule-noise", "0", "--ai-rule-prob", "0", "--no-language-rule")
+
+
+def hand_sign(record: dict[str, Any]) -> int:
+    """Preference implied by the dominant score (what noise-free principle decisions give)."""
+    return 1 if record["dimension_scores"][record["doinate_dimension_idx"]] > 0 else 2
+
+
+# ---------------------------------------------------------------- scores
+
+
+def test_variance_and_sign_agreement() -> None:
+    s12 = np.array([[2.0, 1.0, 0.5], [-1.0, -2.0, 0.5]])
+    s21 = np.array([[4.0, -1.0, 0.5], [-3.0, -2.0, 0.5]])
+    z, variance = normalise(s12, s21)
+    # Concise over [2, -1, 4, -3]: population variance 29 / 4 = 7.25 (the sample one is 9.67).
+    # Ethical over [1, -2, -1, -2]: 6 / 4 = 1.5. Specific is constant: variance 0 -> score 0.
+    assert variance.tolist() == [7.25, 1.5, 0.0]
+    expected = [[3 / 7.25, 0.0, 0.0], [-2 / 7.25, -2 / 1.5, 0.0]]  # p1 Ethical: signs disagree
+    assert np.allclose(z, expected, rtol=0, atol=1e-15)
+    z0, _ = normalise(np.array([[0.0], [1.0]]), np.array([[3.0], [1.0]]))
+    assert z0[0, 0] == 0.0  # a zero score agrees with neither sign
+
+
+# ---------------------------------------------------------------- decide(), rule by rule
+
+
+def draws(
+    k: int,
+    order: list[int],
+    negate: list[bool],
+    swap: bool = False,
+    ai_u: float = 0.9,
+    noise_u: float = 0.9,
+) -> Draws:
+    one = np.array
+    return Draws(one([k]), one([order]), one([negate]), one([swap]), one([ai_u]), one([noise_u]))
+
+
+Z = np.array([[0.5, -2.0, 1.0]])
+NO_PHRASE = np.array([[False, False]])
+
+
+def test_first_k_of_the_shuffle_negation_and_dominant_index() -> None:
+    out = decide(Z, draws(2, [2, 0, 1], [False, True, False]), NO_PHRASE, None, Settings())
+    # positions: dim 2 (1.0) then dim 0 (0.5, negated -> -0.5); the largest |score| is first
+    assert out.k[0] == 2 and out.scores[0, :2].tolist() == [1.0, -0.5]
+    assert out.dominant[0] == 0 and out.preference[0] == 1 and out.keep[0]
+    out = decide(Z, draws(3, [2, 0, 1], [False, True, False]), NO_PHRASE, None, Settings())
+    assert out.scores[0].tolist() == [1.0, -0.5, -2.0]
+    assert out.dominant[0] == 2 and out.preference[0] == 2 and out.rule[0] == 0
+    out = decide(Z, draws(9, [1, 0, 2], [True, False, False]), NO_PHRASE, None, Settings())
+    assert out.k[0] == 3 and out.dominant[0] == 0 and out.preference[0] == 1  # -(-2.0) > 0
+
+
+def test_order_swap_negates_scores_and_flips_preference() -> None:
+    out = decide(
+        Z, draws(3, [2, 0, 1], [False, True, False], swap=True), NO_PHRASE, None, Settings()
+    )
+    assert out.scores[0].tolist() == [-1.0, 0.5, 2.0]
+    assert out.dominant[0] == 2 and out.preference[0] == 1
+
+
+def test_zero_dominant_score_skips() -> None:
+    z = np.array([[0.0, 0.0, 3.0]])
+    out = decide(z, draws(2, [0, 1, 2], [True, False, False]), NO_PHRASE, None, Settings())
+    assert out.skip_zero[0] and not out.keep[0]
+    assert str(out.scores[0, 0]) == "0.0"  # a negated zero is reported as 0.0, not -0.0
+
+
+def test_ai_phrase_rule_prefers_the_other_output() -> None:
+    phrase = np.array([[True, False]])  # output_1 (as read) has the phrase
+    base = draws(3, [2, 0, 1], [False, True, False], ai_u=0.3)  # principles say 2
+    out = decide(Z, base, phrase, None, Settings())
+    assert out.preference[0] == 2 and out.rule[0] == 1
+    out = decide(Z, draws(1, [2, 0, 1], [False] * 3, ai_u=0.3), phrase, None, Settings())
+    assert out.preference[0] == 2 and out.rule[0] == 1  # overrides the principles' 1
+    swapped = draws(1, [2, 0, 1], [False] * 3, swap=True, ai_u=0.3)
+    out = decide(Z, swapped, phrase, None, Settings())
+    assert out.preference[0] == 1 and out.rule[0] == 1  # the phrase is now in output_2
+    out = decide(Z, draws(1, [2, 0, 1], [False] * 3, ai_u=0.7), phrase, None, Settings())
+    assert out.preference[0] == 1 and out.rule[0] == 0  # u >= ai_rule_prob: no rule
+    both = np.array([[True, True]])
+    out = decide(Z, draws(1, [2, 0, 1], [False] * 3, ai_u=0.0), both, None, Settings())
+    assert out.rule[0] == 0
+
+
+def test_language_rule_prefers_matching_output_or_skips() -> None:
+    base = draws(1, [2, 0, 1], [False] * 3, ai_u=0.0)  # principles say 1
+    phrase = np.array([[False, True]])  # the AI rule would also say 1
+    out = decide(Z, base, phrase, np.array([[True, False]]), Settings())
+    assert out.preference[0] == 2 and out.rule[0] == 2  # language overrides the AI rule
+    out = decide(
+        Z,
+        draws(1, [2, 0, 1], [False] * 3, swap=True),
+        NO_PHRASE,
+        np.array([[True, False]]),
+        Settings(),
+    )
+    assert out.preference[0] == 1 and out.rule[0] == 2
+    out = decide(Z, base, NO_PHRASE, np.array([[True, True]]), Settings())
+    assert out.skip_language[0] and not out.keep[0]
+    out = decide(Z, base, NO_PHRASE, np.array([[False, False]]), Settings())
+    assert out.keep[0] and out.rule[0] == 0
+
+
+def test_label_noise_uses_the_rule_rate_for_rule_decisions() -> None:
+    plain = decide(Z, draws(1, [2, 0, 1], [False] * 3, noise_u=0.05), NO_PHRASE, None, Settings())
+    assert plain.noise_flip[0] and plain.preference[0] == 2
+    plain = decide(Z, draws(1, [2, 0, 1], [False] * 3, noise_u=0.2), NO_PHRASE, None, Settings())
+    assert not plain.noise_flip[0] and plain.preference[0] == 1
+    ruled = decide(
+        Z,
+        draws(1, [2, 0, 1], [False] * 3, noise_u=0.2),
+        NO_PHRASE,
+        np.array([[False, True]]),
+        Settings(),
+    )
+    assert ruled.noise_flip[0] and ruled.preference[0] == 2  # 0.2 < rule_noise 0.25
+
+
+def test_k_is_geometric_redrawn_below_the_maximum() -> None:
+    rng = np.random.default_rng(0)
+    d = agg.draw(rng, 20000, 8, Settings(max_principles=3))
+    assert set(np.unique(d.k).tolist()) == {1, 2, 3}
+    # Geometric(0.2) truncated to 1..3: P(k=1) = 0.2 / (1 - 0.8**3)
+    assert abs((d.k == 1).mean() - 0.2 / (1 - 0.8**3)) < 0.02
+    assert (np.sort(d.order, axis=1) == np.arange(8)).all()  # every row is a permutation
+
+
+# ---------------------------------------------------------------- end to end (CLI)
+
+
+def test_forced_single_principle_gives_hand_values(tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path, HAND)
+    flags = ("--max-principles", "1", "--negation-prob", "0", "--passes", "40", *QUIET)
+    records, stats = run_cli(tmp_path, inputs, *flags)
+    assert stats["parameters"]["dimensions"] == USED
+    assert stats["variance"] == {"Concise": 7.25, "Ethical": 1.5, "Specific": 0.0}
+    assert stats["zero_variance_dimensions"] == ["Specific"]
+    assert stats["candidates"] == 80 and stats["examples"] == len(records) > 10
+    assert stats["skipped"]["zero_score"] == 80 - len(records)
+    seen = set()
+    for r in records:
+        (dim,) = ast.literal_eval(r["dimensions"])
+        assert r["negative_definitions"] == "(0,)" and r["dimensions"] == f"('{dim}',)"
+        z = HAND_Z[(r["id"], dim)]  # any other (pair, dimension) scores 0 and is skipped
+        assert r["dimension_scores"] == [-z if r["flip"] else z]
+        assert r["preference"] == hand_sign(r) and r["rule_flag"] == ""
+        mine = f"Answer 1 to {r['id']}, written in plain English."
+        assert r[("output_2" if r["flip"] else "output_1")] == mine
+        seen.add((r["id"], dim, r["flip"]))
+    assert len(seen) == 6  # every non-zero (pair, dimension) in both orders
+    assert stats["dominant_dimension"]["Specific"] == 0
+    assert stats["preference"]["1"] + stats["preference"]["2"] == len(records)
+
+
+def test_negation_and_full_noise(tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path, HAND)
+    flags = ["--max-principles", "1", "--negation-prob", "1", "--passes", "30", *QUIET]
+    flags[flags.index("--noise") + 1] = "1"
+    records, stats = run_cli(tmp_path, inputs, *flags)
+    assert records and stats["noise_flips"] == len(records)
+    for r in records:
+        (dim,) = ast.literal_eval(r["dimensions"])
+        z = -HAND_Z[(r["id"], dim)]  # negated principle
+        assert r["negative_definitions"] == "(1,)"
+        assert r["dimension_scores"] == [-z if r["flip"] else z]
+        assert r["preference"] == 3 - hand_sign(r)
+
+
+def test_many_principles_dominant_and_counts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    pairs = [
+        {"id": f"q{i}", "scores": {d: tuple(rng.normal(size=2).round(3)) for d in USED}}
+        for i in range(30)
+    ]
+    records, stats = run_cli(tmp_path, write_inputs(tmp_path, pairs), *QUIET)
+    assert records
+    for r in records:
+        scores = [abs(s) for s in r["dimension_scores"]]
+        assert r["doinate_dimension_idx"] == scores.index(max(scores)) and max(scores) > 0
+        assert r["preference"] == hand_sign(r)
+    sizes = stats["principles_per_example"]
+    assert set(sizes) <= {"1", "2", "3"} and sum(sizes.values()) == len(records)
+    assert sum(stats["dominant_dimension"].values()) == len(records)
+    assert stats["rule_flag"] == {"none": len(records), "ai_language_model": 0, "language": 0}
+    negated = sum(ast.literal_eval(r["negative_definitions"]).count(1) for r in records)
+    assert stats["negated_principles"] == negated
+    assert stats["order_swaps"] == sum(r["flip"] for r in records)
+
+
+def test_ai_language_model_rule(tmp_path: Path) -> None:
+    pairs = [
+        {
+            "id": f"a{i}",
+            "output_1": f"{AI}, I cannot taste soup, but salt usually helps ({i}).",
+            "output_2": f"Add a pinch of salt and let the soup simmer a little longer ({i}).",
+            "scores": {d: (1.0 + i, 2.0 + i) for d in USED},
+        }
+        for i in range(3)
+    ]
+    inputs = write_inputs(tmp_path, pairs)
+    flags = ["--ai-rule-prob", "1", "--noise", "0", "--rule-noise", "0", "--no-language-rule"]
+    records, stats = run_cli(tmp_path, inputs, *flags)
+    assert records and stats["rule_flag"]["ai_language_model"] == len(records)
+    for r in records:
+        preferred = r["output_1"] if r["preference"] == 1 else r["output_2"]
+        assert AI not in preferred and r["rule_flag"] == "ai_language_model"
+    flags[1] = "0"
+    records, stats = run_cli(tmp_path, inputs, *flags)
+    assert stats["rule_flag"]["ai_language_model"] == 0
+    assert all(r["preference"] == hand_sign(r) for r in records)
+
+
+LANG_PAIRS = [
+    {
+        "id": "en-en-de",
+        "instruction": "How can I keep basil fresh for longer in my kitchen?",
+        "output_1": "Put the stems in a glass of water and keep it out of the fridge.",
+        "output_2": "Stellen Sie die Stiele in ein Glas Wasser, nicht in den Kühlschrank.",
+    },
+    {
+        "id": "en-de-zh",
+        "instruction": "What is the best way to learn to play the guitar as an adult?",
+        "output_1": "Am besten übst du jeden Tag ein wenig und nimmst Stunden bei einem Lehrer.",
+        "output_2": "最好的方法是每天练习一点，并找一位老师上几节课。",
+    },
+    {
+        "id": "de-en-de",
+        "instruction": "Wie lange muss ich Spaghetti kochen, damit sie al dente sind?",
+        "output_1": "Cook them for about eight to ten minutes and taste one before you drain them.",
+        "output_2": "Kochen Sie sie etwa acht bis zehn Minuten und probieren Sie vor dem Abgießen.",
+    },
+    {
+        "id": "zh-zh-en",
+        "instruction": "怎样才能在晚上睡得更好？",
+        "output_1": "睡前一小时不要看手机，保持卧室凉爽安静，每天同一时间睡觉。",
+        "output_2": "Avoid screens for an hour before bed and keep your bedroom cool and quiet.",
+    },
+    {
+        "id": "en-en-en",
+        "instruction": "Why is the sky blue during the day?",
+        "output_1": "Air molecules scatter short blue wavelengths much more than red ones.",
+        "output_2": "Sunlight is scattered by the air, and blue light is scattered the most.",
+    },
+]
+
+
+def test_language_rule_on_real_texts(tmp_path: Path) -> None:
+    pairs = [p | {"scores": {d: (1.5, 0.5) for d in USED}} for p in LANG_PAIRS]
+    pairs[-1]["scores"] = {d: (-1.5, -0.5) for d in USED}  # decided by the principles
+    inputs = write_inputs(tmp_path, pairs)
+    flags = ("--passes", "8", "--noise", "0", "--rule-noise", "0", "--ai-rule-prob", "0")
+    records, stats = run_cli(tmp_path, inputs, *flags)
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_id.setdefault(r["id"], []).append(r)
+    assert "en-de-zh" not in by_id  # both outputs in another language: always skipped
+    assert stats["skipped"]["language"] == 8 and stats["skipped"]["zero_score"] == 0
+    wanted = {"en-en-de": "Put the stems", "de-en-de": "Kochen Sie", "zh-zh-en": "睡前"}
+    for pair_id, start in wanted.items():
+        for r in by_id[pair_id]:
+            assert r["rule_flag"] == "language"
+            assert (r["output_1"] if r["preference"] == 1 else r["output_2"]).startswith(start)
+    assert [r["lang"] for r in (by_id["en-en-de"][0], by_id["de-en-de"][0])] == ["en", "de"]
+    assert by_id["zh-zh-en"][0]["lang"] == "zh"
+    for r in by_id["en-en-en"]:
+        assert r["rule_flag"] == "" and r["preference"] == hand_sign(r)
+    assert stats["rule_flag"]["language"] == 24 and stats["instruction_languages"]["en"] == 3
+    records, stats = run_cli(tmp_path, inputs, *flags, "--no-language-rule")
+    assert stats["skipped"]["language"] == 0 and stats["rule_flag"]["language"] == 0
+    assert any(r["id"] == "en-de-zh" for r in records)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    pairs = [
+        {"id": f"s{i}", "scores": {d: tuple(rng.normal(size=2)) for d in USED}} for i in range(20)
+    ]
+    inputs = write_inputs(tmp_path, pairs)
+    names = ("preferences.json", "preferences.jsonl", "stats.json")
+
+    def outputs(*flags: str) -> list[bytes]:
+        run_cli(tmp_path, inputs, *flags)
+        return [(tmp_path / "out" / name).read_bytes() for name in names]
+
+    first = outputs("--seed", "7")
+    assert outputs("--seed", "7") == first
+    other = outputs("--seed", "8")
+    assert other[0] != first[0] and other[1] != first[1]
+
+
+def test_chunking_does_not_change_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(2)
+    pairs = [
+        {"id": f"c{i}", "scores": {d: tuple(rng.normal(size=2)) for d in USED}} for i in range(15)
+    ]
+    r0, r1, j = write_inputs(tmp_path, pairs)
+    principles = principles_file(tmp_path)
+
+    def render(name: str) -> bytes:
+        job = agg.Aggregation([r0, r1], j, principles, Settings(language_rule=False))
+        agg.write_outputs(job.lines(), tmp_path / name, None)
+        return (tmp_path / name).read_bytes()
+
+    whole = render("a.json")
+    monkeypatch.setattr(agg, "CHUNK", 1)
+    assert render("b.json") == whole
+
+
+def test_special_characters_survive_json_and_literals(tmp_path: Path) -> None:
+    dims = ['Kid\'s "Safe"', "Back\\slash"]
+    pairs = [
+        {
+            "id": 'x"1',
+            "instruction": 'Say "hi"\nthen\\now 🙂',
+            "output_1": 'Line one\nLine "two" \\ done ✓',
+            "output_2": "Tab\there, quote ' and unicode é 中文 done.",
+            "scores": {dims[0]: (1.0, 2.0), dims[1]: (-3.0, -1.0)},
+        },
+        {"id": "y", "scores": {dims[0]: (-1.0, -1.0), dims[1]: (2.0, 2.0)}},
+    ]
+    inputs = write_inputs(tmp_path, pairs)
+    flags = ("--dimensions", ",".join(dims[::-1]).replace("Back", " Back"), *QUIET)
+    records, stats = run_cli(tmp_path, inputs, *flags, dims=dims)
+    assert stats["parameters"]["dimensions"] == dims  # file order, whatever the flag's order
+    names = {d for r in records for d in ast.literal_eval(r["dimensions"])}
+    assert names == set(dims)
+    text = next(r for r in records if r["id"] == 'x"1')
+    assert text["instruction"] == 'Say "hi"\nthen\\now 🙂'
+
+
+def test_parquet_style_reader_accepts_the_jsonl(tmp_path: Path) -> None:
+    """datasets.load_dataset("json") parses JSONL with Arrow: the columns must have one type."""
+    rng = np.random.default_rng(3)
+    pairs = [
+        {"id": f"t{i}", "scores": {d: tuple(rng.normal(size=2)) for d in USED}} for i in range(25)
+    ]
+    records, _ = run_cli(tmp_path, write_inputs(tmp_path, pairs))
+    table = pj.read_json(tmp_path / "out" / "preferences.jsonl")
+    assert table.num_rows == len(records)
+    assert str(table.schema.field("dimension_scores").type) == "list<item: double>"
+    assert str(table.schema.field("preference").type) == "int64"
+
+
+# ---------------------------------------------------------------- joining by id
+
+
+def test_join_by_id_and_drop_counts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    full = {d: (1.0, 2.0) for d in USED}
+    pairs = [
+        {"id": f"j{i}", "scores": {d: tuple(rng.normal(size=2) + 3) for d in USED}}
+        for i in range(4)
+    ]
+    pairs.append({"id": "missing", "scores": {"Concise": (1.0, 1.0), "Ethical": (1.0, 1.0)}})
+    pairs.append({"id": "nan", "scores": full | {"Specific": (math.nan, 1.0)}})
+    pairs.append({"id": "unjudged", "scores": {}})
+    extra_run0 = [{"id": "lonely", "instruction": "Only in run 0?", "input": "", "response": "x"}]
+    extra_j = [{"id": "ghost", "dimension": "Concise", "relative_score": [1.0, 1.0]}]
+    inputs = write_inputs(
+        tmp_path,
+        pairs,
+        run1_order=[6, 5, 4, 3, 2, 1, 0],
+        extra_run0=extra_run0,
+        extra_judgments=extra_j,
+    )
+    records, stats = run_cli(tmp_path, inputs, *QUIET)
+    assert stats["responses"] == [8, 7] and stats["pairs_in_both_runs"] == 7
+    assert stats["pairs_joined"] == 6 and stats["pairs_kept"] == 4
+    assert stats["pairs_dropped"] == {
+        "only_in_one_run": 1,
+        "no_judgments": 1,
+        "missing_dimension": 1,
+        "non_finite_score": 1,
+    }
+    assert stats["judgments_without_pair"] == 1
+    assert {r["id"] for r in records} == {f"j{i}" for i in range(4)}
+    for r in records:  # run 1 was written in reverse order: outputs still match by id
+        first, second = (
+            (r["output_2"], r["output_1"]) if r["flip"] else (r["output_1"], r["output_2"])
+        )
+        assert first == f"Answer 1 to {r['id']}, written in plain English."
+        assert second == f"Answer 2 to {r['id']}, written in plain English."
+
+
+def test_records_follow_run0_order_pass_by_pass(tmp_path: Path) -> None:
+    pairs = [{"id": f"o{i}", "scores": {d: (1.0 + i, 2.0 + i) for d in USED}} for i in range(5)]
+    records, _ = run_cli(tmp_path, write_inputs(tmp_path, pairs), "--passes", "2", *QUIET)
+    ids = [r["id"] for r in records]
+    assert ids == [f"o{i}" for i in range(5)] * 2  # all agree in sign: nothing is skipped
+
+
+def test_no_pairs_gives_empty_but_valid_outputs(tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path, [{"id": "e", "scores": {"Concise": (1.0, 1.0)}}])
+    records, stats = run_cli(tmp_path, inputs)
+    assert records == [] and stats["examples"] == 0 and stats["pairs_kept"] == 0
+    assert (tmp_path / "out" / "preferences.json").read_text() == "[]\n"
+    assert (tmp_path / "out" / "preferences.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("dup_response", "response0.jsonl: duplicate id 'd0'"),
+        ("dup_judgment", "duplicate judgment for id 'd0', dimension 'Concise'"),
+        ("unknown_dimension", "dimension 'Funny' is not a principle"),
+        ("instruction_differs", "id 'd1': instruction differs between"),
+        ("short_score", "judgments.jsonl line 2: field 'relative_score' must be a list of two"),
+        ("bad_json", "judgments.jsonl line 3: invalid JSON"),
+        ("id_number", "response1.jsonl line 1: field 'id' must be a string"),
+        ("no_response", "response0.jsonl line 2: field 'response' missing"),
+    ],
+)
+def test_bad_inputs_fail_clearly(tmp_path: Path, change: str, message: str) -> None:
+    pairs = [{"id": f"d{i}", "scores": {d: (1.0, 2.0) for d in USED}} for i in range(2)]
+    r0, r1, j = write_inputs(tmp_path, pairs)
+    lines = {p: p.read_text(encoding="utf-8").splitlines() for p in (r0, r1, j)}
+    if change == "dup_response":
+        lines[r0].append(lines[r0][0])
+    elif change == "dup_judgment":
+        lines[j].append(lines[j][0])
+    elif change == "unknown_dimension":
+        lines[j].append(json.dumps({"id": "d0", "dimension": "Funny", "relative_score": [1, 1]}))
+    elif change == "instruction_differs":
+        lines[r1][1] = lines[r1][1].replace("Question d1", "Question D1")
+    elif change == "short_score":
+        lines[j][1] = json.dumps({"id": "d0", "dimension": "Ethical", "relative_score": [1.0]})
+    elif change == "bad_json":
+        lines[j][2] = lines[j][2][:-3]
+    elif change == "id_number":
+        lines[r1][0] = lines[r1][0].replace('"id": "d0"', '"id": 0')
+    elif change == "no_response":
+        lines[r0][1] = json.dumps({"id": "d1", "instruction": "Question d1, please?"})
+    for path, content in lines.items():
+        path.write_text("\n".join(content) + "\n", encoding="utf-8")
+    with pytest.raises(RecordError) as caught:
+        run_cli(tmp_path, (r0, r1, j))
+    assert message in str(caught.value)
+    assert not (tmp_path / "out" / "preferences.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--dimensions", "Concise,Funny"), "not in the principle file"),
+        (("--dimensions", "Concise", "--dimensions", "Concise"), "listed twice"),
+        (("--geometric-p", "0"), "geometric_p must be in (0, 1]"),
+        (("--noise", "1.5"), "noise must be in [0, 1]"),
+    ],
+)
+def test_bad_parameters_fail_clearly(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:
+    inputs = write_inputs(tmp_path, HAND)
+    with pytest.raises(ValueError) as caught:
+        run_cli(tmp_path, inputs, *flags)
+    assert message in str(caught.value)
+
+
+def test_default_principle_file_and_help() -> None:
+    parser = cli.build_parser("aggregate")
+    args = parser.parse_args(
+        [
+            "aggregate",
+            "--responses",
+            "a",
+            "b",
+            "--judgments",
+            "j",
+            "--principles",
+            "p",
+            "--output",
+            "o",
+        ]
+    )
+    assert (args.seed, args.passes, args.geometric_p, args.max_principles) == (42, 4, 0.2, 8)
+    assert (args.negation_prob, args.ai_rule_prob, args.noise, args.rule_noise) == (
+        0.5,
+        0.5,
+        0.1,
+        0.25,
+    )
+    assert args.ai_phrase == AI and args.language_rule is True and args.dimensions is None
+    assert agg.__doc__ is not None and "reward-model" in agg.__doc__.splitlines()[0]
+
+
+def test_outputs_are_replaced_only_when_complete(tmp_path: Path) -> None:
+    target, copy = tmp_path / "p.json", tmp_path / "p.jsonl"
+    target.write_text("old\n")
+
+    def batches() -> Any:
+        yield ['{"a": 1}', '{"a": 2}']
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        agg.write_outputs(batches(), target, copy)
+    assert target.read_text() == "old\n" and not copy.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]  # no temporary left over
+    assert agg.write_outputs(iter([['{"a": 1}'], [], ['{"a": 2}']]), target, copy) == 2
+    assert json.loads(target.read_text()) == [{"a": 1}, {"a": 2}]
+    assert copy.read_text() == '{"a": 1}\n{"a": 2}\n'
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    assert target.stat().st_mode == plain.stat().st_mode  # umask permissions, not 0600
