@@ -4,14 +4,13 @@
 rule aggregate:
     input:
         responses=[ancient(f"{RESULTS}/responses/{run}.jsonl") for run in RUNS],
-        judgments=ancient(f"{RESULTS}/judgments.jsonl"),
+        judgments=f"{RESULTS}/judgments.jsonl",
         principles=config["judge"]["principles"],
     output:
         json=f"{RESULTS}/preferences.json",
         jsonl=f"{RESULTS}/preferences.jsonl",
         stats=f"{RESULTS}/preferences.stats.json",
     params:
-        recipe=RECIPES.aggregate(),
         options=flags(config["aggregate"]),
     log:
         "logs/aggregate.log",

@@ -9,8 +9,25 @@ def judge_args():
     return flags(options) + ("" if cfg["add_bos"] else " --no-bos")
 
 
+# Snakemake does not re-check the params of a job whose upstream reruns, and the responses are
+# `ancient` (a run's new shard count must not re-judge identical bytes). This stamp job has no
+# upstream, so its params (everything the judgments depend on) are always checked: when they
+# change, it rewrites the stamp and the judge reruns.
+rule judge_fingerprint:
+    output:
+        f"{RESULTS}/fingerprints/judge.txt",
+    params:
+        recipe=RECIPES.judge(),
+    log:
+        "logs/judge_fingerprint.log",
+    localrule: True
+    shell:
+        "echo {params.recipe} > {output:q} 2> {log:q}"
+
+
 rule judge_shard:
     input:
+        fingerprint=f"{RESULTS}/fingerprints/judge.txt",
         responses=[ancient(f"{RESULTS}/responses/{run}.jsonl") for run in RUNS],
         model=ancient(f"{model_dir()}/params.json"),
         principles=config["judge"]["principles"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -56,9 +55,10 @@ def snakemake(workdir: Path, *args: str) -> str:
 
 
 def planned_jobs(workdir: Path) -> Counter:
-    """Jobs of a dry run, as (rule, output-without-results-prefix) counts by rule."""
+    """Jobs of a dry run, counted by rule."""
     text = snakemake(workdir, "-n")
-    return Counter(re.findall(r"^(?:local)?rule (\w+):$", text, flags=re.MULTILINE))
+    rules = re.findall(r"^(?:local)?rule (\w+):$", text, flags=re.MULTILINE)
+    return Counter(r for r in rules if r != "all")  # the target rule always "runs"
 
 
 def planned_outputs(workdir: Path) -> list[str]:
@@ -128,7 +128,12 @@ def test_rulegraph_renders_every_stage(done_run: Path) -> None:
 def test_sampling_parameter_of_one_run_reruns_that_run_judge_and_aggregate(done_run: Path):
     write_config(done_run, **{"sampling.runs.response0.temperature": 0.5})
     assert planned_jobs(done_run) == Counter(
-        sample_shard=2, gather_responses=1, judge_shard=2, gather_judgments=1, aggregate=1
+        sample_shard=2,
+        gather_responses=1,
+        judge_fingerprint=1,
+        judge_shard=2,
+        gather_judgments=1,
+        aggregate=1,
     )
     outputs = " ".join(planned_outputs(done_run))
     assert "response0/shard-0-of-2" in outputs and "response1" not in outputs.replace(
@@ -138,9 +143,12 @@ def test_sampling_parameter_of_one_run_reruns_that_run_judge_and_aggregate(done_
 
 def test_principle_file_change_reruns_judge_and_aggregate_only(done_run: Path, tmp_path: Path):
     principles = tmp_path / "principles.json"
-    shutil.copy(REPO / "src/salmon_wf/resources/principles.json", principles)
+    entries = json.loads((REPO / "src/salmon_wf/resources/principles.json").read_text())
+    entries[0]["definition"] += " Edited."
+    principles.write_text(json.dumps(entries))
     write_config(done_run, **{"judge.principles": str(principles)})
-    assert planned_jobs(done_run) == Counter(judge_shard=2, gather_judgments=1, aggregate=1)
+    expected = Counter(judge_fingerprint=1, judge_shard=2, gather_judgments=1, aggregate=1)
+    assert planned_jobs(done_run) == expected
 
 
 def test_aggregation_parameter_reruns_aggregate_only(done_run: Path) -> None:

@@ -1,10 +1,11 @@
 """Helpers the Snakefile calls: resolved per-run settings, CLI flags, and content fingerprints.
 
-Partial rebuilds rest on fingerprints. Every derived input of a rule is marked `ancient`, so a
-rerun upstream does not by itself force a rerun downstream; instead each rule's `params` carry a
-fingerprint of everything its inputs' content depends on (upstream settings, source-file hashes).
-Changing a run's temperature therefore reruns that run, the judge and the aggregation; changing
-a run's shard count reruns only that run's sampling (its gathered file has the same bytes).
+Partial rebuilds rest on fingerprints. The judge reads the gathered responses as `ancient`
+inputs, so regathering identical bytes (a run's shard count changed) does not re-judge; what the
+judgments depend on (both runs' sampling settings without their layout, the model, the prompts,
+the principle and template contents) is a fingerprint written by a stamp rule with no upstream,
+whose params Snakemake always checks. Changing a run's temperature therefore reruns that run,
+the stamp, the judge and the aggregation; a run's shard count reruns only that run's sampling.
 """
 
 from __future__ import annotations
@@ -107,10 +108,6 @@ class Recipes:
         stamps = {k: file_stamp(cfg[k]) for k in ("principles", "template")}
         runs = [self.sample(r) for r in self.config["sampling"]["runs"]]
         return digest({"judge": cfg, "stamps": stamps, "runs": runs})
-
-    @functools.cache  # noqa: B019 - one Recipes per workflow run
-    def aggregate(self) -> str:
-        return digest({"aggregate": self.config["aggregate"], "judge": self.judge()})
 
 
 def group_shape(config: dict[str, Any]) -> tuple[int, int]:
