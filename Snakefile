@@ -14,8 +14,8 @@ include: "rules/aggregate.smk"
 
 
 rule all:
+    default_target: True
     input:
         f"{RESULTS}/preferences.json",
         f"{RESULTS}/preferences.jsonl",
         f"{RESULTS}/preferences.stats.json",
-    default_target: True

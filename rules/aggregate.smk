@@ -10,17 +10,21 @@ rule aggregate:
         json=f"{RESULTS}/preferences.json",
         jsonl=f"{RESULTS}/preferences.jsonl",
         stats=f"{RESULTS}/preferences.stats.json",
-    params:
-        options=flags(config["aggregate"]),
     log:
         "logs/aggregate.log",
     benchmark:
         "benchmarks/aggregate.tsv"
     localrule: CHEAP_LOCAL
+    conda:
+        "../envs/salmon-wf.yaml"
+    threads: 2
     resources:
         **CPU_RESOURCES,
+    params:
+        salmon=SALMON,
+        options=flags(config["aggregate"]),
     shell:
-        "{SALMON} aggregate --responses {input.responses:q} --judgments {input.judgments:q}"
+        "{params.salmon} aggregate --responses {input.responses:q} --judgments {input.judgments:q}"
         " --principles {input.principles:q} --output {output.json:q}"
         " --output-jsonl {output.jsonl:q} --stats {output.stats:q}"
-        " {params.options} > {log:q} 2>&1"
+        " {params.options} --workers {threads} > {log:q} 2>&1"

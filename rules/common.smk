@@ -1,10 +1,17 @@
 # Shared set-up: config validation with defaults, paths, and the helpers every rule uses.
+import shlex
 import sys
 
 import yaml
 from snakemake.utils import min_version, validate
 
-from salmon_wf.workflow import Recipes, flags, group_shape, run_settings, slurm_resources
+from salmon_wf.workflow import (
+    Recipes,
+    flags,
+    group_shape,
+    run_settings,
+    slurm_resources,
+)
 
 min_version("9.0")
 
@@ -57,10 +64,34 @@ def model_args():
 def launcher():
     """One model-parallel group: in-process, torchrun, or srun + torchrun inside SLURM."""
     nodes, per_node = group_shape(config)
-    return (
-        f"{sys.executable} -m salmon_wf.launch --nodes {nodes} --ranks-per-node {per_node} --"
-    )
+    return f"{sys.executable} -m salmon_wf.launch --nodes {nodes} --ranks-per-node {per_node} --"
+
+
+def prepare_model_command():
+    """The shell command that writes the Meta-layout model for sources other than dir."""
+    m = config["model"]
+    out = f"{MODELS}/{m['name']}"
+    if m["source"] == "tiny":
+        seed = m["tiny_seed"]
+        return f"{SALMON} tiny-model {shlex.quote(out)} --mp {m['mp']} --seed {seed}"
+    gguf = "smollm2" if m["source"] == "smollm2" else m["path"]
+    return f"{SALMON} import-gguf {shlex.quote(gguf)} {shlex.quote(out)} --mp {m['mp']}"
 
 
 def shard_paths(pattern, n, **fields):
     return [pattern.format(i=i, n=n, **fields) for i in range(n)]
+
+
+def sample_args(wildcards):
+    cfg = run_cfg(wildcards.run)
+    keep = ("seed", "temperature", "top_p", "max_new_tokens", "stop", "style")
+    keep += ("meta_prompt", "batch_size", "long_prompt_policy")
+    return flags({k: cfg[k] for k in keep})
+
+
+def judge_args():
+    cfg = config["judge"]
+    keep = ("min_chars", "answer_context", "choices", "max_rows")
+    keep += ("long_prompt_policy",)
+    options = {k: cfg[k] for k in keep}
+    return flags(options) + ("" if cfg["add_bos"] else " --no-bos")

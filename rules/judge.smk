@@ -1,14 +1,6 @@
 # Stage 3: every pair x principle x order scored by the policy model (pairs[i::n] per shard).
 
 
-def judge_args():
-    cfg = config["judge"]
-    keep = ("min_chars", "answer_context", "choices", "max_rows")
-    keep += ("long_prompt_policy",)
-    options = {k: cfg[k] for k in keep}
-    return flags(options) + ("" if cfg["add_bos"] else " --no-bos")
-
-
 # Snakemake does not re-check the params of a job whose upstream reruns, and the responses are
 # `ancient` (a run's new shard count must not re-judge identical bytes). This stamp job has no
 # upstream, so its params (everything the judgments depend on) are always checked: when they
@@ -16,11 +8,13 @@ def judge_args():
 rule judge_fingerprint:
     output:
         f"{RESULTS}/fingerprints/judge.txt",
-    params:
-        recipe=RECIPES.judge(),
     log:
         "logs/judge_fingerprint.log",
     localrule: True
+    conda:
+        "../envs/salmon-wf.yaml"
+    params:
+        recipe=RECIPES.judge(),
     shell:
         "echo {params.recipe} > {output:q} 2> {log:q}"
 
@@ -34,18 +28,20 @@ rule judge_shard:
         template=config["judge"]["template"],
     output:
         f"{RESULTS}/judgments/shard-{{i}}-of-{{n}}.jsonl",
+    log:
+        "logs/judge/shard-{i}-of-{n}.log",
+    benchmark:
+        "benchmarks/judge/shard-{i}-of-{n}.tsv"
+    conda:
+        "../envs/salmon-wf.yaml"
+    threads: config["model"]["threads"]
+    resources:
+        **GPU_RESOURCES,
     params:
         recipe=RECIPES.judge(),
         args=judge_args(),
         model=model_args(),
         launcher=launcher(),
-    threads: config["model"]["threads"]
-    resources:
-        **GPU_RESOURCES,
-    log:
-        "logs/judge/shard-{i}-of-{n}.log",
-    benchmark:
-        "benchmarks/judge/shard-{i}-of-{n}.tsv"
     shell:
         "{params.launcher} judge {params.model} {params.args}"
         " --responses {input.responses:q} --principles {input.principles:q}"
@@ -56,10 +52,11 @@ rule judge_shard:
 
 rule gather_judgments:
     input:
-        prompts=ancient(f"{RESULTS}/prompts.jsonl"),
+        prompts=f"{RESULTS}/prompts.jsonl",
         principles=config["judge"]["principles"],
         shards=shard_paths(
-            RESULTS + "/judgments/shard-{i}-of-{n}.jsonl", config["judge"]["shards"]
+            f"{RESULTS}/judgments/shard-{{i}}-of-{{n}}.jsonl",
+            config["judge"]["shards"],
         ),
     output:
         f"{RESULTS}/judgments.jsonl",
@@ -68,8 +65,12 @@ rule gather_judgments:
     benchmark:
         "benchmarks/gather_judgments.tsv"
     localrule: CHEAP_LOCAL
+    conda:
+        "../envs/salmon-wf.yaml"
     resources:
         **CPU_RESOURCES,
+    params:
+        salmon=SALMON,
     shell:
-        "{SALMON} gather --prompts {input.prompts:q} --principles {input.principles:q}"
+        "{params.salmon} gather --prompts {input.prompts:q} --principles {input.principles:q}"
         " --shards {input.shards:q} --output {output:q} > {log:q} 2>&1"

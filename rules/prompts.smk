@@ -7,21 +7,20 @@ rule clean_prompts:
     output:
         prompts=f"{RESULTS}/prompts.jsonl",
         summary=f"{RESULTS}/prompts.summary.json",
-    params:
-        options=flags(
-            {
-                k: v
-                for k, v in config["prompts"].items()
-                if k not in ("input",)
-            }
-        ),
     log:
         "logs/clean_prompts.log",
     benchmark:
         "benchmarks/clean_prompts.tsv"
     localrule: CHEAP_LOCAL
+    conda:
+        "../envs/salmon-wf.yaml"
     resources:
         **CPU_RESOURCES,
+    params:
+        salmon=SALMON,
+        options=flags(
+            {k: v for k, v in config["prompts"].items() if k not in ("input",)}
+        ),
     shell:
-        "{SALMON} clean-prompts --input {input:q} --output {output.prompts:q}"
+        "{params.salmon} clean-prompts --input {input:q} --output {output.prompts:q}"
         " --summary {output.summary:q} {params.options} > {log:q} 2>&1"

@@ -1,31 +1,26 @@
 # Stage 2: two sampling runs, each split into shards (prompts[i::n]), then gathered in order.
 
 
-def sample_args(wildcards):
-    cfg = run_cfg(wildcards.run)
-    keep = ("seed", "temperature", "top_p", "max_new_tokens", "stop", "style")
-    keep += ("meta_prompt", "batch_size", "long_prompt_policy")
-    return flags({k: cfg[k] for k in keep})
-
-
 rule sample_shard:
     input:
-        prompts=ancient(f"{RESULTS}/prompts.jsonl"),
+        prompts=f"{RESULTS}/prompts.jsonl",
         model=ancient(f"{model_dir()}/params.json"),
     output:
         f"{RESULTS}/responses/{{run}}/shard-{{i}}-of-{{n}}.jsonl",
+    log:
+        "logs/sample/{run}/shard-{i}-of-{n}.log",
+    benchmark:
+        "benchmarks/sample/{run}/shard-{i}-of-{n}.tsv"
+    conda:
+        "../envs/salmon-wf.yaml"
+    threads: config["model"]["threads"]
+    resources:
+        **GPU_RESOURCES,
     params:
         recipe=lambda w: RECIPES.sample(w.run),
         args=sample_args,
         model=model_args(),
         launcher=launcher(),
-    threads: config["model"]["threads"]
-    resources:
-        **GPU_RESOURCES,
-    log:
-        "logs/sample/{run}/shard-{i}-of-{n}.log",
-    benchmark:
-        "benchmarks/sample/{run}/shard-{i}-of-{n}.tsv"
     shell:
         "{params.launcher} sample {params.model} {params.args}"
         " --prompts {input.prompts:q} --output {output:q}"
@@ -35,9 +30,9 @@ rule sample_shard:
 
 rule gather_responses:
     input:
-        prompts=ancient(f"{RESULTS}/prompts.jsonl"),
+        prompts=f"{RESULTS}/prompts.jsonl",
         shards=lambda w: shard_paths(
-            RESULTS + "/responses/{run}/shard-{i}-of-{n}.jsonl",
+            f"{RESULTS}/responses/{{run}}/shard-{{i}}-of-{{n}}.jsonl",
             run_cfg(w.run)["shards"],
             run=w.run,
         ),
@@ -48,8 +43,12 @@ rule gather_responses:
     benchmark:
         "benchmarks/gather_responses/{run}.tsv"
     localrule: CHEAP_LOCAL
+    conda:
+        "../envs/salmon-wf.yaml"
     resources:
         **CPU_RESOURCES,
+    params:
+        salmon=SALMON,
     shell:
-        "{SALMON} gather --prompts {input.prompts:q} --shards {input.shards:q}"
+        "{params.salmon} gather --prompts {input.prompts:q} --shards {input.shards:q}"
         " --output {output:q} > {log:q} 2>&1"
