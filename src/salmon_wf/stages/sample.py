@@ -36,13 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def clean_response(generation: str, stops: tuple[str, ...]) -> str:
-    """SALMON's cleaning: cut at the first stop string, strip whitespace."""
+    """SALMON's cleaning: cut at the first stop string, strip whitespace.
+
+    A generation that hit the token limit inside a multi-byte character ends in U+FFFD; that
+    fragment is dropped too.
+    """
     cut = len(generation)
     for stop in stops:
         found = generation.find(stop)
         if found >= 0:
             cut = min(cut, found)
-    return generation[:cut].strip()
+    return generation[:cut].rstrip("\ufffd").strip()
 
 
 def render(style: str, prompt: dict, meta: str) -> str:

@@ -1,0 +1,85 @@
+"""How a shard job starts its model-parallel group, with and without SLURM."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from salmon_wf.launch import master_port, plan
+from salmon_wf.workflow import group_shape, slurm_resources
+
+STAGE = ["sample", "--model", "m"]
+
+
+def test_outside_slurm_one_rank_runs_in_process_and_several_use_torchrun() -> None:
+    assert plan(1, 1, STAGE, {}, node_agent=False) is None
+    command = plan(1, 4, STAGE, {}, node_agent=False)
+    assert command[:4] == [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    assert "--nproc-per-node=4" in command and command[-3:] == STAGE
+    with pytest.raises(SystemExit, match="SLURM allocation"):
+        plan(2, 6, STAGE, {}, node_agent=False)
+
+
+def test_inside_slurm_srun_starts_one_agent_per_node() -> None:
+    command = plan(2, 6, STAGE, {"SLURM_JOB_ID": "1234"}, node_agent=False)
+    assert command[:4] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
+    agent = command[command.index("salmon_wf.launch") :]
+    assert agent[:6] == [
+        "salmon_wf.launch",
+        "--node-agent",
+        "--nodes",
+        "2",
+        "--ranks-per-node",
+        "6",
+    ]
+    assert agent[-4:] == ["--", *STAGE]
+
+
+def test_node_agent_takes_the_rendezvous_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("salmon_wf.launch.first_host", lambda nodes: "gpu07")
+    env = {"SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NODEID": "1"}
+    command = plan(2, 6, STAGE, env, node_agent=True)
+    assert "--nnodes=2" in command and "--node-rank=1" in command
+    assert "--master-addr=gpu07" in command and f"--master-port={master_port('1234')}" in command
+    assert "--nproc-per-node=6" in command and command[-3:] == STAGE
+    assert master_port("1234") != master_port("1235")
+
+
+def test_slurm_resources_come_from_config() -> None:
+    config = {
+        "model": {"mp": 12},
+        "slurm": {
+            "nodes_per_group": 2,
+            "gpu_jobs": {
+                "partition": "gpu",
+                "account": "lab",
+                "qos": "",
+                "runtime": 600,
+                "mem_mb": 200000,
+                "cpus_per_task": 12,
+                "extra": "--exclusive",
+            },
+            "cpu_jobs": {"partition": "", "runtime": 30, "mem_mb": 4000, "cpus_per_task": 2},
+        },
+    }
+    assert group_shape(config) == (2, 6)
+    gpu = slurm_resources(config, "gpu")
+    assert gpu == {
+        "slurm_partition": "gpu",
+        "slurm_account": "lab",
+        "slurm_extra": "--exclusive",
+        "runtime": 600,
+        "mem_mb": 200000,
+        "cpus_per_task": 12,
+        "nodes": 2,
+        "tasks": 2,
+        "mpi": "srun",
+        "gres": "gpu:6",
+    }
+    assert slurm_resources(config, "cpu") == {"runtime": 30, "mem_mb": 4000, "cpus_per_task": 2}
+    config["slurm"]["gpu_jobs"]["gpus_per_node"] = 0  # a CPU-only cluster
+    assert "gres" not in slurm_resources(config, "gpu")
+    config["model"]["mp"] = 5
+    with pytest.raises(ValueError, match="not divisible"):
+        group_shape(config)

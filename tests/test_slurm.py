@@ -1,0 +1,131 @@
+"""The workflow through `--profile profiles/slurm` on a live one-node SLURM cluster.
+
+The cluster (scripts/local-slurm.sh: slurmctld + slurmd + munge on loopback, 2 fake GPUs) is
+started for this module and stopped after it; the module skips, with the reason, where it
+cannot start (not root, no apt-get, no Debian packages). .ci/run installs and starts it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_workflow import REPO, write_config
+
+from salmon_wf.data.jsonl import read_jsonl
+
+SCRIPT = REPO / "scripts" / "local-slurm.sh"
+OUTPUTS = ["prompts.jsonl", "responses/response0.jsonl", "responses/response1.jsonl",
+           "judgments.jsonl", "preferences.json", "preferences.jsonl"]  # fmt: skip
+# Small jobs for a 2-CPU node: shard jobs ask for the GPU the config implies (gres gpu:1).
+CLUSTER = {
+    "model.device": "cpu",
+    "slurm.cheap_rules_local": True,
+    "slurm.gpu_jobs": {"partition": "gpu", "runtime": 10, "mem_mb": 1500, "cpus_per_task": 1},
+    "slurm.cpu_jobs": {"partition": "cpu", "runtime": 10, "mem_mb": 1500, "cpus_per_task": 1},
+}
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.skip(f"local SLURM cluster cannot start here: {started.stderr.strip()[-500:]}")
+    yield
+    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True)
+
+
+def run_profile(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml")]
+    command += ["--profile", str(REPO / "profiles" / "slurm")]
+    # The local cluster has no accounting database: poll with squeue, and poll soon.
+    command += [
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+    ]
+    return subprocess.run([*command, *extra], capture_output=True, text=True, timeout=900)
+
+
+def local_run(workdir: Path) -> None:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml")]
+    done = subprocess.run([*command, "--cores", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def jobs_of_cluster() -> list[str]:
+    """`scontrol show job` records (completed jobs stay listed for MinJobAge=300 s)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if line.startswith("JobId=")]
+
+
+def test_slurm_run_equals_local_run_and_requests_gpus(cluster: None, tmp_path: Path) -> None:
+    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
+    for workdir in (on_slurm, local):
+        workdir.mkdir()
+        write_config(workdir, **CLUSTER)
+    done = run_profile(on_slurm)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    local_run(local)
+    for name in OUTPUTS:
+        assert (on_slurm / "results" / name).read_bytes() == (local / "results" / name).read_bytes()
+    shard_jobs = [j for j in jobs_of_cluster() if "sample_shard" in j or "judge_shard" in j]
+    assert len(shard_jobs) >= 6  # 2 + 2 sample shards, 2 judge shards
+    for job in shard_jobs:
+        assert re.search(r"TresPerNode=gres:gpu:1\b", job), job
+        assert "Partition=gpu" in job
+    logs = "".join(p.read_text() for p in (on_slurm / "logs" / "sample").rglob("*.log"))
+    assert "launch: srun" in logs and "torch.distributed.run" in logs  # srun + torchrun path
+
+
+def test_cancelled_shard_is_retried_and_resumes_without_redoing_prompts(
+    cluster: None, tmp_path: Path
+) -> None:
+    """scancel a shard mid-run: Snakemake retries it; the retry keeps the finished prompts."""
+    slow = {"sampling.defaults.max_new_tokens": 160, "sampling.defaults.batch_size": 1}
+    slow |= {"sampling.defaults.stop": ["<never>"], "sampling.runs.response0.shards": 1}
+    write_config(tmp_path, **CLUSTER, **slow)
+    target = "results/responses/response0.jsonl"
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]
+    command += ["--profile", str(REPO / "profiles" / "slurm"), "--retries", "1", target]
+    command += [
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+    ]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    partial = tmp_path / "results/responses/response0/shard-0-of-1.jsonl.partial"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if partial.exists() and partial.read_text().count("\n") >= 3:
+            break
+        assert run.poll() is None, run.stdout.read()[-3000:]
+        time.sleep(0.2)
+    else:
+        run.kill()
+        pytest.fail("the shard never got going")
+    subprocess.run(["scancel", "--state=RUNNING", "--partition=gpu"], check=True)
+    before = [json.loads(line) for line in partial.read_text().splitlines()[:3]]
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-4000:]
+    assert "CANCELLED" in output or "Trying to restart" in output
+    final = {r["id"]: r for r in read_jsonl(tmp_path / target)}
+    assert len(final) == len(list(read_jsonl(tmp_path / "results/prompts.jsonl")))
+    for record in before:
+        assert final[record["id"]] == record
+    log = (tmp_path / "logs/sample/response0/shard-0-of-1.log").read_text()
+    resumed = int(re.search(r"\((\d+) resumed\)", log).group(1))
+    assert resumed >= 3  # finished prompts were kept, not sampled again
