@@ -78,8 +78,10 @@ def test_slurm_resources_come_from_config() -> None:
         "gres": "gpu:6",
     }
     assert slurm_resources(config, "cpu") == {"runtime": 30, "mem_mb": 4000, "cpus_per_task": 2}
+    config["slurm"]["nodes_per_group"] = 1
+    assert "mpi" not in slurm_resources(config, "gpu")  # the plugin wants mpi jobs multi-task
     config["slurm"]["gpu_jobs"]["gpus_per_node"] = 0  # a CPU-only cluster
     assert "gres" not in slurm_resources(config, "gpu")
-    config["model"]["mp"] = 5
+    config["model"]["mp"], config["slurm"]["nodes_per_group"] = 5, 2
     with pytest.raises(ValueError, match="not divisible"):
         group_shape(config)

@@ -46,7 +46,8 @@ def plan(
         agent = [sys.executable, "-m", "salmon_wf.launch", "--node-agent"]
         agent += ["--nodes", str(nodes), "--ranks-per-node", str(per_node), "--", *stage]
         srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1"]
-        return [*srun, "--kill-on-bad-exit=1", *agent]
+        # --overlap: inside the step the SLURM executor already runs, share its resources.
+        return [*srun, "--overlap", "--kill-on-bad-exit=1", *agent]
     if nodes > 1:
         raise SystemExit("launch: a group over several nodes needs a SLURM allocation")
     if per_node == 1:

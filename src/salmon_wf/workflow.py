@@ -121,9 +121,10 @@ def group_shape(config: dict[str, Any]) -> tuple[int, int]:
 def slurm_resources(config: dict[str, Any], kind: str) -> dict[str, Any]:
     """Snakemake resources for snakemake-executor-plugin-slurm from config.yaml's slurm section.
 
-    kind "gpu": the shard jobs. One task per node (`mpi="srun"` stops the plugin from wrapping
-    the job in its own srun: our launcher calls srun itself) and `gres=gpu:<ranks per node>`,
-    which SLURM applies per node. kind "cpu": model conversion and, when not local, the cheap
+    kind "gpu": the shard jobs. One task per node and `gres=gpu:<ranks per node>`, which SLURM
+    applies per node. Multi-node groups are `mpi="srun"` jobs (the plugin then does not wrap
+    the job in its own srun: our launcher calls srun itself); a one-node job runs inside the
+    plugin's `srun -n1` step and the launcher's srun joins it with --overlap. kind "cpu": model conversion and, when not local, the cheap
     rules. Empty settings are left out so the cluster's defaults apply. Other executors ignore
     these keys.
     """
@@ -142,7 +143,9 @@ def slurm_resources(config: dict[str, Any], kind: str) -> dict[str, Any]:
     if kind == "gpu":
         nodes, per_node = group_shape(config)
         gpus = per_node if jobs.get("gpus_per_node") is None else jobs["gpus_per_node"]
-        resources |= {"nodes": nodes, "tasks": nodes, "mpi": "srun"}
+        resources |= {"nodes": nodes, "tasks": nodes}
+        if nodes > 1:  # the plugin accepts mpi jobs only with several tasks
+            resources["mpi"] = "srun"
         if gpus:
             resources["gres"] = f"gpu:{gpus}"
     return {k: v for k, v in resources.items() if v not in ("", None)}
