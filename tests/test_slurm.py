@@ -36,11 +36,16 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True)
-    if started.returncode != 0:
-        pytest.skip(f"local SLURM cluster cannot start here: {started.stderr.strip()[-500:]}")
+    """Start the cluster unless it runs already (.ci/run starts it); stop only what we started."""
+    running = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True).returncode == 0
+    if not running:
+        started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True)
+        if started.returncode != 0:
+            reason = (started.stdout + started.stderr).strip()[-500:]
+            pytest.skip(f"local SLURM cluster cannot start here: {reason}")
     yield
-    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True)
+    if not running:
+        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True)
 
 
 def run_profile(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
