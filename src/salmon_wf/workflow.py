@@ -124,9 +124,9 @@ def slurm_resources(config: dict[str, Any], kind: str) -> dict[str, Any]:
     kind "gpu": the shard jobs. One task per node and `gres=gpu:<ranks per node>`, which SLURM
     applies per node. Multi-node groups are `mpi="srun"` jobs (the plugin then does not wrap
     the job in its own srun: our launcher calls srun itself); a one-node job runs inside the
-    plugin's `srun -n1` step and the launcher's srun joins it with --overlap. kind "cpu": model conversion and, when not local, the cheap
-    rules. Empty settings are left out so the cluster's defaults apply. Other executors ignore
-    these keys.
+    plugin's `srun -n1` step and the launcher's srun joins it with --overlap.
+    kind "cpu": model conversion and, when not local, the cheap rules.
+    Empty settings are left out so the cluster's defaults apply. Other executors ignore them.
     """
     site = config["slurm"]
     jobs = site[f"{kind}_jobs"]

@@ -39,6 +39,7 @@ class SamplingParams:
 class Request:
     key: str  # stable id: seeds the prompt's random stream
     prompt_ids: list[int]
+    max_new_tokens: int | None = None  # this prompt's own budget (default: the run's)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ class Sampler:
             return None
         self.stats["truncated"] += int(fitted.truncated)
         gen = torch.Generator().manual_seed(prompt_seed(params.seed, request.key))
-        budget = min(params.max_new_tokens, self.max_seq_len - len(fitted.ids))
+        wanted = request.max_new_tokens or params.max_new_tokens
+        budget = min(wanted, params.max_new_tokens, self.max_seq_len - len(fitted.ids))
         return _Slot(
             request=request,
             prompt_ids=fitted.ids,
