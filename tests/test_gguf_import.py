@@ -16,6 +16,7 @@ from salmon_wf.cli import main as cli_main
 from salmon_wf.model import gguf_import
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.gguf_import import SMOLLM2_PACKAGE, import_gguf
+from salmon_wf.model.hf_export import to_hf_llama
 from salmon_wf.model.loader import load_model
 from salmon_wf.model.parallel import ParallelContext
 from salmon_wf.model.params import CheckpointError, ModelArgs
@@ -75,69 +76,14 @@ def test_smollm2_greedy_continuation(smollm2_dir: Path, single_rank: ParallelCon
     assert "Paris" in continuation, continuation
 
 
-def meta_rows_to_hf(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """Meta rotates interleaved pairs (2i, 2i+1) of each head; HF rotates (i, i + head_dim/2).
-
-    So HF's row i of a head is Meta's row 2i and HF's row head_dim/2 + i is Meta's row 2i+1.
-    """
-    head_dim = weight.shape[0] // heads
-    order = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
-    rows = (torch.arange(heads)[:, None] * head_dim + order[None, :]).flatten()
-    return weight[rows]
-
-
-def hf_llama(state: dict[str, torch.Tensor], args: ModelArgs) -> torch.nn.Module:
-    import transformers
-
-    config = transformers.LlamaConfig(
-        vocab_size=args.vocab_size,
-        hidden_size=args.dim,
-        intermediate_size=args.ffn_hidden_dim,
-        num_hidden_layers=args.n_layers,
-        num_attention_heads=args.n_heads,
-        num_key_value_heads=args.kv_heads,
-        rms_norm_eps=args.norm_eps,
-        rope_theta=args.rope_theta,
-        max_position_embeddings=args.max_seq_len,
-        tie_word_embeddings=True,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
-    hf = {
-        "model.embed_tokens.weight": state["tok_embeddings.weight"],
-        "model.norm.weight": state["norm.weight"],
-    }
-    renames = {
-        "attention.wv": "self_attn.v_proj",
-        "attention.wo": "self_attn.o_proj",
-        "feed_forward.w1": "mlp.gate_proj",
-        "feed_forward.w2": "mlp.down_proj",
-        "feed_forward.w3": "mlp.up_proj",
-        "attention_norm": "input_layernorm",
-        "ffn_norm": "post_attention_layernorm",
-    }
-    for i in range(args.n_layers):
-        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
-        hf[theirs + "self_attn.q_proj.weight"] = meta_rows_to_hf(
-            state[ours + "attention.wq.weight"], args.n_heads
-        )
-        hf[theirs + "self_attn.k_proj.weight"] = meta_rows_to_hf(
-            state[ours + "attention.wk.weight"], args.kv_heads
-        )
-        for meta_name, hf_name in renames.items():
-            hf[f"{theirs}{hf_name}.weight"] = state[f"{ours}{meta_name}.weight"]
-    missing, unexpected = model.load_state_dict(hf, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    assert torch.equal(model.lm_head.weight, state["tok_embeddings.weight"])  # tied
-    return model
-
-
 @needs_smollm2
 def test_smollm2_logits_match_transformers(smollm2_dir: Path, single_rank: ParallelContext) -> None:
     """An independent implementation (HF Llama, half-split rotary) agrees in fp32."""
     pytest.importorskip("transformers")
     loaded = load_model(smollm2_dir, single_rank)
     state = load_rank_state(smollm2_dir, loaded.args, rank=0, world=1)
-    hf = hf_llama(state, loaded.args)
+    assert torch.equal(state["output.weight"], state["tok_embeddings.weight"])  # tied head
+    hf = to_hf_llama(state, loaded.args)
     text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
     tokens = torch.tensor([loaded.tokenizer.encode(text)])
     ours = loaded.model(tokens)[0]
