@@ -25,6 +25,19 @@ def dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, sort_keys=False)
 
 
+def parse_record(
+    path: Path, number: int, line: str, error: type[ValueError] = RecordError
+) -> dict[str, Any]:
+    """One JSON-object line; `error` (naming the file and line) when it is not one."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} line {number}: invalid JSON ({exc.msg})") from exc
+    if not isinstance(record, dict):
+        raise error(f"{path} line {number}: expected a JSON object")
+    return record
+
+
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
     """Records of a JSONL file; blank lines are skipped; `required` keys are checked per line."""
     path = Path(path)
@@ -33,12 +46,7 @@ def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict[
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{path} line {number}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise RecordError(f"{path} line {number}: expected a JSON object")
+            record = parse_record(path, number, line)
             for key in required:
                 if key not in record:
                     raise RecordError(f"{path} line {number}: field '{key}' missing")

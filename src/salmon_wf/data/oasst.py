@@ -11,11 +11,12 @@ Gzip is detected from the file's magic bytes, not its name. Malformed input rais
 from __future__ import annotations
 
 import gzip
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from salmon_wf.data.jsonl import parse_record
 
 LAYOUTS = ("parquet", "messages", "nested", "trees")
 ROLES = ("prompter", "assistant")
@@ -98,13 +99,7 @@ def detect_layout(path: str | Path) -> str:
 
 
 def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise OasstFormatError(f"{path} line {number}: invalid JSON ({exc.msg})") from exc
-    if not isinstance(record, dict):
-        raise OasstFormatError(f"{path} line {number}: expected a JSON object")
-    return record
+    return parse_record(path, number, line, OasstFormatError)
 
 
 def _optional(record: dict[str, Any], key: str, kinds: tuple[type, ...], where: str) -> Any:

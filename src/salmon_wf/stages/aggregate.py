@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from salmon_wf.data.jsonl import RecordError
+from salmon_wf.data.jsonl import RecordError, parse_record
 from salmon_wf.data.langid import DEFAULT_MAX_CHARS, detect_languages
 from salmon_wf.data.principles import load_principles
 
@@ -132,12 +132,7 @@ def _read_strict(path: Path, schema: pa.Schema) -> pa.Table:
             if not line.strip():
                 continue
             where = f"{path} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{where}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise RecordError(f"{where}: expected a JSON object")
+            record = parse_record(path, number, line)
             for name in schema.names:
                 value = record.get(name)
                 if name in _OPTIONAL and value is None:
