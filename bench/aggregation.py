@@ -1,0 +1,248 @@
+"""Aggregation benchmark: `salmon-wf aggregate` on synthetic pairs x 11 principles.
+
+The inputs are what the workflow feeds the stage: two response files in the sample stage's
+record format and a judgments file in the judge stage's (11 lines per pair, full float
+precision). Texts are synthetic and short: instructions of 8-30 words, responses of 16-96 words
+(~330 characters on average, about a quarter of a real 100-700-token response); every text
+starts with its own random words, so every head the language identifier reads is distinct (as in
+real data). About 3% of responses start with "As an AI language model" and about 3% of texts are
+German-like, so both rules fire. Scores are correlated logits, so most (s12, s21) agree in sign.
+
+The stage runs as a subprocess, as the workflow's rule runs it (--workers 2). Time is wall
+clock; memory is the larger of the peak summed RSS of the stage and its language-identification
+worker processes (sampled every 20 ms) and the stage process's maximum RSS (GNU time's %M).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from common import Entry, log
+
+ROOT = Path(__file__).resolve().parent.parent
+PRINCIPLES = ROOT / "src" / "salmon_wf" / "resources" / "principles.json"
+TARGET_S, TARGET_GB = 60.0, 4.0
+CHUNK = 20_000
+TIME = "/usr/bin/time"
+PROFILE_PAIRS = 100_000
+
+ENGLISH_TEXT = (
+    "the a of to and in is it you that for this with on are be as can your have not or will an "
+    "by from at more use some one which about time if when make how would also like these other "
+    "than only into first should could people water most work number way each need help answer "
+    "question example result data model system value different important because between"
+)
+GERMAN_TEXT = (
+    "der die das und ist nicht ein eine zu mit auf dem den sich von auch es wir ich sie aber "
+    "wenn noch nach wie bei kann werden oder mehr sehr hier immer schon"
+)
+AI_PHRASE = "As an AI language model, "
+
+
+def _texts(rng: np.random.Generator, n: int, lo: int, hi: int, tag: str) -> list[str]:
+    """n texts of lo..hi words; a unique head, a few German, the rest English."""
+    lengths = rng.integers(lo, hi + 1, n)
+    german = rng.random(n) < 0.03
+    words_en = np.array(ENGLISH_TEXT.split())
+    words_de = np.array(GERMAN_TEXT.split())
+    picks = rng.integers(0, 1 << 30, (n, hi))
+    out = []
+    for i in range(n):
+        vocab = words_de if german[i] else words_en
+        chosen = vocab[picks[i, : lengths[i]] % len(vocab)]
+        out.append(f"{tag}{picks[i, 0] % 99991} " + " ".join(chosen.tolist()))
+    return out
+
+
+def generate(
+    directory: Path, pairs: int, seed: int = 0, response_words: tuple[int, int] = (16, 96)
+) -> dict[str, Path]:
+    """Write run0.jsonl, run1.jsonl and judgments.jsonl for `pairs` pairs (chunked)."""
+    rng = np.random.default_rng(seed)
+    dims = [p["dimension"] for p in json.loads(PRINCIPLES.read_text())]
+    paths = {name: directory / f"{name}.jsonl" for name in ("run0", "run1", "judgments")}
+    dim_json = [json.dumps(d) for d in dims]
+    with (
+        paths["run0"].open("w") as run0,
+        paths["run1"].open("w") as run1,
+        paths["judgments"].open("w") as judged,
+    ):
+        for start in range(0, pairs, CHUNK):
+            n = min(CHUNK, pairs - start)
+            ids = [f"oasst-{start + i:08d}" for i in range(n)]
+            instructions = _texts(rng, n, 8, 30, "Q")
+            for handle, tag in ((run0, "R"), (run1, "S")):
+                responses = _texts(rng, n, *response_words, tag)
+                ai = rng.random(n) < 0.03
+                lines = []
+                for i in range(n):
+                    text = AI_PHRASE + responses[i] if ai[i] else responses[i]
+                    t = json.dumps(text)
+                    lines.append(
+                        f'{{"id": "{ids[i]}", "instruction": {json.dumps(instructions[i])}, '
+                        f'"input": "", "generation": {t}, "response": {t}, '
+                        f'"finish_reason": "eos", "n_prompt_tokens": 0, '
+                        f'"n_generated_tokens": 0, "truncated": false}}\n'
+                    )
+                handle.write("".join(lines))
+            quality = rng.normal(0, 1, (n, 1, 1)) + rng.normal(0, 1, (n, len(dims), 1))
+            noise = rng.normal(0, 1, (n, len(dims), 4))
+            logits = (noise * 2 + np.concatenate([quality, -quality] * 2, axis=2)).astype(
+                np.float32
+            )
+            a12, b12, a21, b21 = (logits[..., k].tolist() for k in range(4))
+            lines = []
+            for i in range(n):
+                for j, dim in enumerate(dim_json):
+                    s12, s21 = a12[i][j] - b12[i][j], b21[i][j] - a21[i][j]
+                    p = 1 if s12 > 0 and s21 > 0 else 2 if s12 < 0 and s21 < 0 else 0
+                    lines.append(
+                        f'{{"id": "{ids[i]}", "dimension": {dim}, "relative_score": '
+                        f'[{s12!r}, {s21!r}], "preference": {p}, '
+                        f'"logits_12": [{a12[i][j]!r}, {b12[i][j]!r}], '
+                        f'"logits_21": [{a21[i][j]!r}, {b21[i][j]!r}]}}\n'
+                    )
+            judged.write("".join(lines))
+    return paths
+
+
+def stage_args(out: Path, paths: dict[str, Path]) -> list[str]:
+    """`aggregate` and its arguments, as the workflow's rule passes them (--workers 2)."""
+    out.mkdir(exist_ok=True)
+    argv = ["aggregate", "--responses", str(paths["run0"]), str(paths["run1"])]
+    argv += ["--judgments", str(paths["judgments"]), "--principles", str(PRINCIPLES)]
+    argv += ["--output", str(out / "preferences.json")]
+    argv += ["--output-jsonl", str(out / "preferences.jsonl")]
+    return [*argv, "--stats", str(out / "stats.json"), "--workers", "2"]
+
+
+def profile(directory: Path, paths: dict[str, Path]) -> dict:
+    """Where the stage's time goes (cProfile of the main process; langid workers run apart)."""
+    out, prof = directory / "out", directory / "aggregate.prof"
+    argv = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "salmon_wf.cli"]
+    subprocess.run([*argv, *stage_args(out, paths)], cwd=ROOT, capture_output=True, check=True)
+    for p in out.iterdir():
+        p.unlink()
+    stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+    ours = ("stages/aggregate.py", "data/langid.py", "data/jsonl.py")
+    total = max(v[3] for (f, _, name), v in stats.items() if f.endswith(ours[0]) and name == "run")
+    rows = []
+    for (file, line, name), (_, calls, tottime, cumtime, _) in stats.items():
+        builtin_io = file == "~" and ("write" in name or "read_json" in name)
+        if (file.endswith(ours) or builtin_io) and cumtime >= 0.01 * total:
+            where = f"{file.split('src/')[-1]}:{line}({name})" if file != "~" else name
+            rows.append({"where": where, "calls": calls, "self_s": round(tottime, 2),
+                         "cumulative_s": round(cumtime, 2)})  # fmt: skip
+    rows.sort(key=lambda r: -r["cumulative_s"])
+    return {"profiled_total_s": round(total, 2), "functions": rows}
+
+
+def measure(directory: Path, paths: dict[str, Path]) -> dict:
+    """Run the stage once: wall seconds, peak summed RSS (sampled) and max single RSS."""
+    out = directory / "out"
+    argv = [sys.executable, "-m", "salmon_wf.cli", *stage_args(out, paths)]
+    # The max RSS comes from GNU time: a child forked from this (large) process would report
+    # this process's RSS at the fork as its own maximum.
+    time_file = directory / "time.txt"
+    if Path(TIME).exists():
+        argv = [TIME, "-f", "%M", "-o", str(time_file), *argv]
+    log_file = directory / "stage.log"
+    start = time.perf_counter()
+    with log_file.open("wb") as sink:
+        child = subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        watched = psutil.Process(child.pid)
+        peak = 0
+        while child.poll() is None:
+            total = 0
+            with contextlib.suppress(psutil.Error):
+                for proc in [watched, *watched.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        total += proc.memory_info().rss
+            peak = max(peak, total)
+            time.sleep(0.02)
+    seconds = time.perf_counter() - start
+    text = log_file.read_text(errors="replace")
+    if child.returncode != 0:
+        raise RuntimeError(f"aggregate failed ({child.returncode}):\n{text[-3000:]}")
+    single = int(time_file.read_text().split()[-1]) * 1024 if time_file.exists() else 0
+    stats = json.loads((out / "stats.json").read_text())
+    sizes = {p.name: p.stat().st_size for p in out.iterdir()}
+    for p in out.iterdir():
+        p.unlink()
+    return {
+        "seconds": seconds,
+        "peak_rss_gb": max(peak, single) / 1e9,
+        "sampled_tree_rss_gb": peak / 1e9,
+        "max_single_rss_gb": single / 1e9,
+        "examples": stats.get("examples"),
+        "pairs_kept": stats.get("pairs_kept"),
+        "output_bytes": sizes,
+        "stage_says": text.strip().splitlines()[-1] if text.strip() else "",
+    }
+
+
+def at_1m(points: list[dict], key: str) -> float:
+    """A line through the two measured points, read at 1M pairs (quick mode)."""
+    (x0, y0), (x1, y1) = ((p["pairs"], p[key]) for p in points)
+    return y1 + (y1 - y0) / (x1 - x0) * (1_000_000 - x1)
+
+
+def run(quick: bool) -> tuple[list[Entry], dict]:
+    # Two points above 50k distinct texts (where language identification starts its worker
+    # processes) give quick mode's line; the full run measures 1M and checks that line against it.
+    sizes = (25_000, PROFILE_PAIRS) if quick else (25_000, PROFILE_PAIRS, 1_000_000)
+    points: list[dict] = []
+    details: dict = {"points": points}
+    with tempfile.TemporaryDirectory(prefix="salmon-bench-agg-") as tmp:
+        kept: dict[str, Path] = {}
+        for pairs in sizes:
+            directory = Path(tmp) / str(pairs)
+            directory.mkdir()
+            log(f"aggregate: generating {pairs:,} pairs x 11 principles")
+            begin = time.perf_counter()
+            paths = generate(directory, pairs)
+            made = time.perf_counter() - begin
+            input_bytes = {name: p.stat().st_size for name, p in paths.items()}
+            log(f"aggregate: running the stage on {pairs:,} pairs (generated in {made:.0f} s)")
+            points.append({"pairs": pairs, "input_bytes": input_bytes} | measure(directory, paths))
+            if pairs == PROFILE_PAIRS:
+                kept = paths
+            else:
+                for p in paths.values():
+                    p.unlink()
+        line = {key: at_1m(points[:2], key) for key in ("seconds", "peak_rss_gb")}
+        details["line_through_25k_100k_at_1m"] = line
+        if quick:
+            seconds, memory = line["seconds"], line["peak_rss_gb"]
+            note = (
+                f"EXTRAPOLATED to 1M (line through 25k and 100k); measured at 100k: "
+                f"{points[1]['seconds']:.1f} s, {points[1]['peak_rss_gb']:.2f} GB"
+            )
+        else:
+            seconds, memory = points[2]["seconds"], points[2]["peak_rss_gb"]
+            note = "measured at 1M pairs"
+            directory = Path(tmp) / "long"
+            directory.mkdir()
+            log(f"aggregate: {PROFILE_PAIRS:,} pairs with 4x longer responses (64-384 words)")
+            paths = generate(directory, PROFILE_PAIRS, response_words=(64, 384))
+            input_bytes = {name: p.stat().st_size for name, p in paths.items()}
+            details["long_responses_100k"] = {"pairs": PROFILE_PAIRS, "input_bytes": input_bytes}
+            details["long_responses_100k"] |= measure(directory, paths)
+            for p in paths.values():
+                p.unlink()
+        if seconds > TARGET_S:  # where does the time go? (profiled at 100k pairs)
+            log(f"aggregate: over target, profiling the stage on {PROFILE_PAIRS:,} pairs")
+            details["profile_100k"] = profile(Path(tmp) / str(PROFILE_PAIRS), kept)
+    return [
+        Entry("aggregate_1m_pairs_time", seconds, TARGET_S, "s", False, note),
+        Entry("aggregate_1m_pairs_peak_memory", memory, TARGET_GB, "GB", False, note),
+    ], details
