@@ -10,7 +10,13 @@ import torch
 from test_model import spawn
 
 from salmon_wf.engine.prompts import fit_prompt
-from salmon_wf.engine.sampler import Completion, Request, Sampler, SamplingParams
+from salmon_wf.engine.sampler import (
+    Completion,
+    Request,
+    Sampler,
+    SamplingParams,
+    choose_tokens,
+)
 from salmon_wf.engine.scorer import PrefixScorer
 from salmon_wf.model.loader import LoadedModel
 
@@ -80,6 +86,47 @@ def test_stop_strings_and_eos_end_each_row(tiny: LoadedModel) -> None:
             assert completion.finish_reason == "eos"
             assert tiny.tokenizer.eos_id not in completion.token_ids
     assert {c.finish_reason for c in got.values()} >= {"stop"}
+
+
+def reference_nucleus(logits: torch.Tensor, top_p: float, uniforms: torch.Tensor) -> list[int]:
+    """Row by row in plain Python: sort by (-p, id), keep while the mass before < top_p, invert."""
+    chosen = []
+    for row, u in zip(torch.softmax(logits.double() / 0.7, -1).tolist(), uniforms.tolist()):
+        ranked = sorted(range(len(row)), key=lambda i: (-row[i], i))
+        kept, mass = [], 0.0
+        for i in ranked:
+            if mass >= top_p:
+                break
+            kept.append(i)
+            mass += row[i]
+        target, running = u * mass, 0.0
+        chosen.append(kept[-1])
+        for i in kept:
+            running += row[i]
+            if running > target:
+                chosen[-1] = i
+                break
+    return chosen
+
+
+@pytest.mark.parametrize("vocab", [40, 300, 4000])
+def test_nucleus_fast_path_picks_the_sorted_inverse_cdf_token(vocab: int) -> None:
+    generator = torch.Generator().manual_seed(vocab)
+    for trial in range(12):
+        logits = torch.randn(6, vocab, generator=generator) * (1 + trial)
+        if trial % 3 == 0:
+            logits = logits.round()  # many exact ties, also at the top-k cut
+        uniforms = torch.rand(6, generator=generator, dtype=torch.float64)
+        for top_p in (0.3, 0.9, 0.99):
+            assert choose_tokens(logits, 0.7, top_p, uniforms).tolist() == reference_nucleus(
+                logits, top_p, uniforms
+            ), (trial, top_p)
+
+
+def test_full_nucleus_inverts_the_cdf_in_vocabulary_order() -> None:
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4]] * 4)
+    uniforms = torch.tensor([0.05, 0.25, 0.55, 0.95], dtype=torch.float64)
+    assert choose_tokens(probs.log() * 0.7, 0.7, 1.0, uniforms).tolist() == [0, 1, 2, 3]
 
 
 def test_finished_rows_free_their_slot(tiny: LoadedModel) -> None:

@@ -68,21 +68,50 @@ class _Slot:
     generated: list[int] = field(default_factory=list)
 
 
+NUCLEUS_CANDIDATES = 256  # top-k tried before a full sort of the vocabulary
+
+
 def choose_tokens(
     logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor
 ) -> torch.Tensor:
-    """Greedy or nucleus sampling by inverse CDF, one uniform per row (batch-independent)."""
+    """Greedy or nucleus sampling by inverse CDF, one uniform per row (batch-independent).
+
+    With top_p = 1 nothing is cut, so the CDF runs in vocabulary order and no sort is needed.
+    Otherwise the CDF runs over the probabilities sorted high to low (ties by token id): the top
+    `NUCLEUS_CANDIDATES` usually hold the nucleus, and a full sort is the fallback; both give the
+    same token.
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    if top_p < 1.0:
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
-    cdf = sorted_probs.cumsum(dim=-1)
+    if top_p >= 1.0:
+        return _inverse_cdf(probs, uniforms)
+    k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+    values, _ = probs.topk(k, dim=-1)
+    kth = values[:, -1:]
+    if k < probs.shape[-1] and bool(
+        (values.sum(dim=-1) >= top_p).all() and ((probs >= kth).sum(dim=-1) == k).all()
+    ):
+        # Exactly the k largest per row, no tie across the cut: re-sort them by (-p, id).
+        ids = (probs >= kth).nonzero()[:, 1].view(-1, k)
+        picked = _nucleus(probs.gather(-1, ids), top_p, uniforms)
+        return ids.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+    return _nucleus(probs, top_p, uniforms)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    cdf = probs.cumsum(dim=-1)
     target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    picked = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)
-    return order.gather(-1, picked).squeeze(-1)
+    return torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
+
+
+def _nucleus(probs: torch.Tensor, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """Column (in `probs`) drawn from the smallest high-to-low prefix holding `top_p` mass."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
+    picked = _inverse_cdf(sorted_probs, uniforms)
+    return order.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
 
 
 class Sampler:
