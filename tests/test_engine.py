@@ -91,7 +91,8 @@ def test_stop_strings_and_eos_end_each_row(tiny: LoadedModel) -> None:
 def reference_nucleus(logits: torch.Tensor, top_p: float, uniforms: torch.Tensor) -> list[int]:
     """Row by row in plain Python: sort by (-p, id), keep while the mass before < top_p, invert."""
     chosen = []
-    for row, u in zip(torch.softmax(logits.double() / 0.7, -1).tolist(), uniforms.tolist()):
+    probs = torch.softmax(logits.double() / 0.7, -1).tolist()
+    for row, u in zip(probs, uniforms.tolist(), strict=True):
         ranked = sorted(range(len(row)), key=lambda i: (-row[i], i))
         kept, mass = [], 0.0
         for i in ranked:
