@@ -1,4 +1,5 @@
 # Shared set-up: config validation with defaults, paths, and the helpers every rule uses.
+import functools
 import shlex
 import sys
 
@@ -35,6 +36,7 @@ wildcard_constraints:
     run="|".join(RUNS),
     i=r"\d+",
     n=r"\d+",
+    stage="pairs|judge",
 
 
 def run_cfg(run):
@@ -47,6 +49,7 @@ def model_dir():
     return f"{MODELS}/{config['model']['name']}"
 
 
+@functools.cache
 def model_args():
     """Flags every model-running stage takes."""
     m = config["model"]
@@ -61,6 +64,7 @@ def model_args():
     )
 
 
+@functools.cache
 def launcher():
     """One model-parallel group: in-process, torchrun, or srun + torchrun inside SLURM."""
     nodes, per_node = group_shape(config)
@@ -82,16 +86,39 @@ def shard_paths(pattern, n, **fields):
     return [pattern.format(i=i, n=n, **fields) for i in range(n)]
 
 
-def sample_args(wildcards):
-    cfg = run_cfg(wildcards.run)
+def sample_args(run):
+    cfg = run_cfg(run)
     keep = ("seed", "temperature", "top_p", "max_new_tokens", "stop", "style")
     keep += ("meta_prompt", "batch_size", "long_prompt_policy")
-    return flags({k: cfg[k] for k in keep})
+    return flags({k: cfg[k] for k in keep} | {"label": run})
 
 
+@functools.cache
 def judge_args():
     cfg = config["judge"]
-    keep = ("min_chars", "answer_context", "choices", "max_rows")
+    keep = ("answer_context", "choices", "max_rows")
     keep += ("long_prompt_policy",)
     options = {k: cfg[k] for k in keep}
     return flags(options) + ("" if cfg["add_bos"] else " --no-bos")
+
+
+# One string per shard job, built here once per job: Snakemake's own placeholder formatting
+# costs more than the job's other bookkeeping in a thousand-shard dry run.
+def shard_command(stage, args, recipe, wildcards):
+    """Launcher, model flags, stage flags and this shard's index and resume fingerprint."""
+    i, n = wildcards.i, wildcards.n
+    shard = f"--shard {i} --num-shards {n} --fingerprint {recipe}-{i}-{n}"
+    return f"{launcher()} {stage} {model_args()} {args} {shard}"
+
+
+@functools.cache
+def _sample_head(run):
+    return sample_args(run), RECIPES.sample(run)
+
+
+def sample_command(wildcards):
+    return shard_command("sample", *_sample_head(wildcards.run), wildcards)
+
+
+def judge_command(wildcards):
+    return shard_command("judge", judge_args(), RECIPES.judge(), wildcards)

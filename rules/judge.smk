@@ -2,27 +2,54 @@
 
 
 # Snakemake does not re-check the params of a job whose upstream reruns, and the responses are
-# `ancient` (a run's new shard count must not re-judge identical bytes). This stamp job has no
-# upstream, so its params (everything the judgments depend on) are always checked: when they
-# change, it rewrites the stamp and the judge reruns.
-rule judge_fingerprint:
+# `ancient` (a run's new shard count must not re-pair or re-judge identical bytes). A stamp job
+# has no upstream, so its params (everything the pairs or the judgments depend on) are always
+# checked: when they change, it rewrites the stamp and the stage after it reruns.
+rule fingerprint:
     output:
-        f"{RESULTS}/fingerprints/judge.txt",
+        f"{RESULTS}/fingerprints/{{stage}}.txt",
     log:
-        "logs/judge_fingerprint.log",
+        "logs/fingerprint/{stage}.log",
     localrule: True
     conda:
         "../envs/salmon-wf.yaml"
     params:
-        recipe=RECIPES.judge(),
+        recipe=lambda w: RECIPES.of(w.stage),
     shell:
         "echo {params.recipe} > {output:q} 2> {log:q}"
+
+
+# Pairing happens once, here: the judge shards all read this one small-input job's output
+# (Snakemake's DAG building rescans a producer's input list for every consumer, so a thousand
+# judge shards reading the thousand-shard gathers directly cost it a million comparisons).
+rule pair_responses:
+    input:
+        fingerprint=f"{RESULTS}/fingerprints/pairs.txt",
+        responses=[ancient(f"{RESULTS}/responses/{run}.jsonl") for run in RUNS],
+    output:
+        pairs=f"{RESULTS}/pairs.jsonl",
+        summary=f"{RESULTS}/pairs.summary.json",
+    log:
+        "logs/pair_responses.log",
+    benchmark:
+        "benchmarks/pair_responses.tsv"
+    localrule: CHEAP_LOCAL
+    conda:
+        "../envs/salmon-wf.yaml"
+    resources:
+        **CPU_RESOURCES,
+    params:
+        salmon=SALMON,
+        min_chars=config["judge"]["min_chars"],
+    shell:
+        "{params.salmon} pair --responses {input.responses:q} --min-chars {params.min_chars}"
+        " --output {output.pairs:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule judge_shard:
     input:
         fingerprint=f"{RESULTS}/fingerprints/judge.txt",
-        responses=[ancient(f"{RESULTS}/responses/{run}.jsonl") for run in RUNS],
+        pairs=f"{RESULTS}/pairs.jsonl",
         model=ancient(f"{model_dir()}/params.json"),
         principles=config["judge"]["principles"],
         template=config["judge"]["template"],
@@ -38,16 +65,10 @@ rule judge_shard:
     resources:
         **GPU_RESOURCES,
     params:
-        recipe=RECIPES.judge(),
-        args=judge_args(),
-        model=model_args(),
-        launcher=launcher(),
+        command=judge_command,
     shell:
-        "{params.launcher} judge {params.model} {params.args}"
-        " --responses {input.responses:q} --principles {input.principles:q}"
-        " --template {input.template:q} --output {output:q}"
-        " --shard {wildcards.i} --num-shards {wildcards.n}"
-        " --fingerprint {params.recipe}-{wildcards.i}-{wildcards.n} > {log:q} 2>&1"
+        "{params.command} --pairs {input.pairs:q} --principles {input.principles:q}"
+        " --template {input.template:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule gather_judgments:

@@ -17,15 +17,9 @@ rule sample_shard:
     resources:
         **GPU_RESOURCES,
     params:
-        recipe=lambda w: RECIPES.sample(w.run),
-        args=sample_args,
-        model=model_args(),
-        launcher=launcher(),
+        command=sample_command,
     shell:
-        "{params.launcher} sample {params.model} {params.args}"
-        " --prompts {input.prompts:q} --output {output:q}"
-        " --shard {wildcards.i} --num-shards {wildcards.n} --label {wildcards.run:q}"
-        " --fingerprint {params.recipe}-{wildcards.i}-{wildcards.n} > {log:q} 2>&1"
+        "{params.command} --prompts {input.prompts:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule gather_responses:

@@ -14,7 +14,8 @@ from salmon_wf.data.principles import load_principles
 from salmon_wf.model.loader import LoadedModel
 from salmon_wf.model.parallel import teardown_model_parallel
 from salmon_wf.stages.gather import gather
-from salmon_wf.stages.judge import decide, load_template, make_pairs, pair_prompts, render
+from salmon_wf.stages.judge import decide, load_template, pair_prompts, render
+from salmon_wf.stages.pair import Pair, make_pairs, read_pairs
 
 RESOURCES = Path(__file__).resolve().parents[1] / "src" / "salmon_wf" / "resources"
 TEMPLATE = RESOURCES / "judge_template.txt"
@@ -52,14 +53,30 @@ def test_pairs_join_by_id_and_drop_short_or_missing(runs: tuple[Path, Path, Path
     assert pairs[0].output_2.startswith(".seitic")
 
 
+def test_pair_command_writes_the_pairs_and_their_counts(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    out, summary = tmp_path / "pairs.jsonl", tmp_path / "pairs.summary.json"
+    argv = ["pair", "--responses", str(runs[0]), str(runs[1]), "--min-chars", "2"]
+    assert main([*argv, "--output", str(out), "--summary", str(summary)]) == 0
+    assert [p.id for p in read_pairs(out)] == ["p1", "p2", "p3", "p4"]  # "ok" has 2 characters
+    assert read_pairs(out)[1] == Pair(
+        "p2", "Question 2?", "", "Sleep helps the body recover.", read_pairs(out)[1].output_2
+    )
+    assert json.loads(summary.read_text())["too_short"] == 0
+    assert json.loads(summary.read_text())["min_chars"] == 2
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "p1", "instruction": "Q"}\n')
+    with pytest.raises(ValueError, match=r"broken\.jsonl line 1: field 'response' missing"):
+        main(["pair", "--responses", str(runs[0]), str(broken), "--output", str(out)])
+
+
 def test_rendering_is_single_pass_and_orders_swap_outputs() -> None:
     template = load_template(TEMPLATE, "Output (")
     values = {"UserInstruction": "Say {OutputB}", "OutputA": "A {Dimension}", "OutputB": "B"}
     text = render(template, values | {"Dimension": "Concise", "Definition": "short"})
     assert "Say {OutputB}" in text and "A {Dimension}" in text
     assert text.endswith("the more Concise output is Output (")
-    from salmon_wf.stages.judge import Pair
-
     principles = load_principles(RESOURCES / "principles.json")
     prompts = pair_prompts(Pair("x", "Q", "", "first", "second"), principles, template)
     n = len(principles)
@@ -88,7 +105,9 @@ def test_decide_follows_salmon() -> None:
 
 
 def judge(tiny_dir: Path, runs: tuple[Path, Path, Path], out: Path, shard: int, n: int) -> None:
-    argv = ["judge", "--model", str(tiny_dir), "--responses", str(runs[0]), str(runs[1])]
+    pairs = out.with_name(out.name + ".pairs.jsonl")
+    assert main(["pair", "--responses", str(runs[0]), str(runs[1]), "--output", str(pairs)]) == 0
+    argv = ["judge", "--model", str(tiny_dir), "--pairs", str(pairs)]
     argv += ["--principles", str(RESOURCES / "principles.json"), "--template", str(TEMPLATE)]
     argv += ["--output", str(out), "--shard", str(shard), "--num-shards", str(n)]
     argv += ["--fingerprint", "f", "--max-rows", "5"]

@@ -22,7 +22,7 @@ from salmon_wf.data.jsonl import read_jsonl
 
 SCRIPT = REPO / "scripts" / "local-slurm.sh"
 OUTPUTS = ["prompts.jsonl", "responses/response0.jsonl", "responses/response1.jsonl",
-           "judgments.jsonl", "preferences.json", "preferences.jsonl"]  # fmt: skip
+           "pairs.jsonl", "judgments.jsonl", "preferences.json", "preferences.jsonl"]  # fmt: skip
 # Small jobs for a 2-CPU node: shard jobs ask for the GPU the config implies (gres gpu:1).
 CLUSTER = {
     "model.device": "cpu",

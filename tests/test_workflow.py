@@ -91,8 +91,13 @@ def test_every_output_has_the_right_counts_and_schema(done_run: Path) -> None:
         r["generation"] for r in runs["response1"]
     ]
     principles = json.loads((REPO / "src/salmon_wf/resources/principles.json").read_text())
+    pairs = list(read_jsonl(results / "pairs.jsonl"))
+    pair_counts = json.loads((results / "pairs.summary.json").read_text())
+    assert pair_counts["pairs"] == len(pairs)
+    assert len(pairs) + pair_counts["too_short"] + pair_counts["skipped_generation"] == len(ids)
     judgments = list(read_jsonl(results / "judgments.jsonl"))
     judged = sorted({j["id"] for j in judgments}, key=ids.index)
+    assert judged == [p["id"] for p in pairs]  # every pair judged, in prompt order
     assert len(judgments) == len(judged) * len(principles) and len(judged) > 10
     for j in judgments:
         s12, s21 = j["relative_score"]
@@ -108,7 +113,7 @@ def test_every_output_has_the_right_counts_and_schema(done_run: Path) -> None:
         assert len(dims) == len(negs) and record["preference"] in (1, 2)
     stats = json.loads((results / "preferences.stats.json").read_text())
     assert stats
-    for rule in ("clean_prompts", "aggregate"):
+    for rule in ("clean_prompts", "pair_responses", "aggregate"):
         assert (done_run / "logs" / f"{rule}.log").exists()
         assert (done_run / "benchmarks" / f"{rule}.tsv").exists()
 
@@ -130,7 +135,8 @@ def test_sampling_parameter_of_one_run_reruns_that_run_judge_and_aggregate(done_
     assert planned_jobs(done_run) == Counter(
         sample_shard=2,
         gather_responses=1,
-        judge_fingerprint=1,
+        fingerprint=2,
+        pair_responses=1,
         judge_shard=2,
         gather_judgments=1,
         aggregate=1,
@@ -147,7 +153,7 @@ def test_principle_file_change_reruns_judge_and_aggregate_only(done_run: Path, t
     entries[0]["definition"] += " Edited."
     principles.write_text(json.dumps(entries))
     write_config(done_run, **{"judge.principles": str(principles)})
-    expected = Counter(judge_fingerprint=1, judge_shard=2, gather_judgments=1, aggregate=1)
+    expected = Counter(fingerprint=1, judge_shard=2, gather_judgments=1, aggregate=1)
     assert planned_jobs(done_run) == expected
 
 

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "clean-prompts": "salmon_wf.stages.prompts",
     "sample": "salmon_wf.stages.sample",
     "gather": "salmon_wf.stages.gather",
+    "pair": "salmon_wf.stages.pair",
     "judge": "salmon_wf.stages.judge",
     "aggregate": "salmon_wf.stages.aggregate",
 }

@@ -1,11 +1,14 @@
 """Helpers the Snakefile calls: resolved per-run settings, CLI flags, and content fingerprints.
 
-Partial rebuilds rest on fingerprints. The judge reads the gathered responses as `ancient`
-inputs, so regathering identical bytes (a run's shard count changed) does not re-judge; what the
-judgments depend on (both runs' sampling settings without their layout, the model, the prompts,
-the principle and template contents) is a fingerprint written by a stamp rule with no upstream,
-whose params Snakemake always checks. Changing a run's temperature therefore reruns that run,
-the stamp, the judge and the aggregation; a run's shard count reruns only that run's sampling.
+Partial rebuilds rest on fingerprints. The pair stage reads the gathered responses as `ancient`
+inputs, so regathering identical bytes (a run's shard count changed) does not re-pair or
+re-judge; what the pairs depend on (both runs' sampling settings without their layout, the
+model, the prompts, min_chars) and what the judgments depend on (the pairs' fingerprint, the
+judge settings, the principle and template contents) are fingerprints written by stamp rules
+with no upstream, whose params Snakemake always checks. Changing a run's temperature therefore
+reruns that run, both stamps, the pairing, the judge and the aggregation; the principle file
+reruns the judge stamp, the judge and the aggregation; a run's shard count reruns only that
+run's sampling.
 """
 
 from __future__ import annotations
@@ -103,11 +106,19 @@ class Recipes:
         return digest({"run": settings, "prompts": self.prompts(), "model": self.model()})
 
     @functools.cache  # noqa: B019 - one Recipes per workflow run
+    def pairs(self) -> str:
+        runs = [self.sample(r) for r in self.config["sampling"]["runs"]]
+        return digest({"min_chars": self.config["judge"]["min_chars"], "runs": runs})
+
+    @functools.cache  # noqa: B019 - one Recipes per workflow run
     def judge(self) -> str:
         cfg = semantic(self.config["judge"])
+        cfg.pop("min_chars")  # in the pairs' fingerprint
         stamps = {k: file_stamp(cfg[k]) for k in ("principles", "template")}
-        runs = [self.sample(r) for r in self.config["sampling"]["runs"]]
-        return digest({"judge": cfg, "stamps": stamps, "runs": runs})
+        return digest({"judge": cfg, "stamps": stamps, "pairs": self.pairs()})
+
+    def of(self, stage: str) -> str:
+        return {"pairs": self.pairs, "judge": self.judge}[stage]()
 
 
 def group_shape(config: dict[str, Any]) -> tuple[int, int]:

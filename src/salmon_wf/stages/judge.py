@@ -1,7 +1,6 @@
 """Judge response pairs under every principle, in both orders, for one shard (resumable).
 
-Pairs join the two sampling runs by prompt id (never by text); a pair is dropped when either
-response is shorter than --min-chars (after cleaning) or was skipped. For each kept pair,
+The pairs come from `salmon-wf pair` (joined by prompt id, short ones dropped). For each pair,
 principle and order the judging prompt is built from the template, and the model's next-token
 logits for "a" and "b" after "Output (" give SALMON's relative scores:
 s12 = logit(a) - logit(b) with A = output_1, s21 = logit(b) - logit(a) with A = output_2;
@@ -12,27 +11,18 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from salmon_wf.data.jsonl import ResumableOutput, read_jsonl
+from salmon_wf.data.jsonl import ResumableOutput
 from salmon_wf.data.principles import Principle, load_principles
 from salmon_wf.engine.prompts import fit_prompt
 from salmon_wf.engine.scorer import PrefixScorer
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.stages.common import Progress, add_model_arguments, barrier, shard_items, start_rank
+from salmon_wf.stages.pair import Pair, read_pairs
 
 PLACEHOLDERS = ("UserInstruction", "OutputA", "OutputB", "Dimension", "Definition")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
-
-
-@dataclass(frozen=True)
-class Pair:
-    id: str
-    instruction: str
-    input: str
-    output_1: str
-    output_2: str
 
 
 def load_template(path: Path, answer_context: str) -> str:
@@ -49,29 +39,6 @@ def load_template(path: Path, answer_context: str) -> str:
 def render(template: str, values: dict[str, str]) -> str:
     """Single-pass substitution: text inserted for one placeholder is never scanned again."""
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-
-
-def make_pairs(run0: Path, run1: Path, min_chars: int) -> tuple[list[Pair], dict[str, int]]:
-    """Pairs in run 0's order, joined by id; counts of what was dropped and why."""
-    first = {r["id"]: r for r in read_jsonl(run0, required=("id", "instruction", "response"))}
-    second = {r["id"]: r for r in read_jsonl(run1, required=("id", "instruction", "response"))}
-    counts = {"pairs": 0, "only_in_one_run": len(first.keys() ^ second.keys())}
-    counts |= {"skipped_generation": 0, "too_short": 0}
-    pairs = []
-    for key, a in first.items():
-        b = second.get(key)
-        if b is None:
-            continue
-        if "skipped" in (a.get("finish_reason"), b.get("finish_reason")):
-            counts["skipped_generation"] += 1
-        elif min(len(a["response"]), len(b["response"])) < min_chars:
-            counts["too_short"] += 1
-        else:
-            pairs.append(
-                Pair(key, a["instruction"], a.get("input", ""), a["response"], b["response"])
-            )
-    counts["pairs"] = len(pairs)
-    return pairs, counts
 
 
 def pair_prompts(pair: Pair, principles: list[Principle], template: str) -> list[str]:
@@ -114,11 +81,10 @@ def answer_ids(tokenizer: Tokenizer, context: str, choices: tuple[str, str]) -> 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--responses", nargs=2, required=True, type=Path, metavar=("RUN0", "RUN1"))
+    parser.add_argument("--pairs", required=True, type=Path, help="pairs.jsonl (salmon-wf pair)")
     parser.add_argument("--principles", required=True, type=Path)
     parser.add_argument("--template", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path, help="this shard's judgments")
-    parser.add_argument("--min-chars", type=int, default=16, help="shorter responses: pair dropped")
     parser.add_argument("--answer-context", default="Output (", help="text the choice follows")
     parser.add_argument(
         "--choices", action="append", help="the two choice pieces (give twice; default a, b)"
@@ -130,8 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     principles = load_principles(args.principles)
     template = load_template(args.template, args.answer_context)
-    all_pairs, counts = make_pairs(args.responses[0], args.responses[1], args.min_chars)
-    pairs = shard_items(all_pairs, args.shard, args.num_shards)
+    pairs = shard_items(read_pairs(args.pairs), args.shard, args.num_shards)
     ctx, loaded = start_rank(args)
     tok = loaded.tokenizer
     choices = tuple(args.choices or ("a", "b"))
@@ -180,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         out.append(records)
     out.finish()
     if ctx.is_main:
-        summary = counts | {"shard_pairs": len(pairs), "resumed": len(complete)}
+        summary = {"shard_pairs": len(pairs), "resumed": len(complete)}
         summary |= {"too_long": too_long, "truncated_prompts": truncated} | scorer.stats
         print(f"[{label}] done: {summary}", flush=True)
     return 0

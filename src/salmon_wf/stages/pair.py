@@ -1,0 +1,70 @@
+"""Pair the two sampling runs by prompt id, once, for every judge shard to read.
+
+A pair joins run 0's and run 1's record of the same prompt id (never their text), in run 0's
+order. It is dropped, and counted, when the id is in one run only, when either generation was
+skipped (prompt too long), or when either cleaned response is shorter than --min-chars.
+Judge shards take pairs[i::n] of this file, so every shard agrees on the pairs and their order.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from salmon_wf.data.jsonl import read_jsonl, write_json, write_jsonl
+
+RESPONSE_FIELDS = ("id", "instruction", "response")
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    instruction: str
+    input: str
+    output_1: str
+    output_2: str
+
+
+def make_pairs(run0: Path, run1: Path, min_chars: int) -> tuple[list[Pair], dict[str, int]]:
+    """Pairs in run 0's order, joined by id; counts of what was dropped and why."""
+    first = {r["id"]: r for r in read_jsonl(run0, required=RESPONSE_FIELDS)}
+    second = {r["id"]: r for r in read_jsonl(run1, required=RESPONSE_FIELDS)}
+    counts = {"pairs": 0, "only_in_one_run": len(first.keys() ^ second.keys())}
+    counts |= {"skipped_generation": 0, "too_short": 0}
+    pairs = []
+    for key, a in first.items():
+        b = second.get(key)
+        if b is None:
+            continue
+        if "skipped" in (a.get("finish_reason"), b.get("finish_reason")):
+            counts["skipped_generation"] += 1
+        elif min(len(a["response"]), len(b["response"])) < min_chars:
+            counts["too_short"] += 1
+        else:
+            pairs.append(
+                Pair(key, a["instruction"], a.get("input", ""), a["response"], b["response"])
+            )
+    counts["pairs"] = len(pairs)
+    return pairs, counts
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    fields = tuple(Pair.__dataclass_fields__)
+    return [Pair(**{k: r[k] for k in fields}) for r in read_jsonl(path, required=fields)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--responses", nargs=2, required=True, type=Path, metavar=("RUN0", "RUN1"))
+    parser.add_argument("--min-chars", type=int, default=16, help="shorter responses: pair dropped")
+    parser.add_argument("--output", required=True, type=Path, help="pairs.jsonl")
+    parser.add_argument("--summary", type=Path, help="JSON file of the counts")
+
+
+def run(args: argparse.Namespace) -> int:
+    pairs, counts = make_pairs(args.responses[0], args.responses[1], args.min_chars)
+    write_jsonl(args.output, (asdict(p) for p in pairs))
+    if args.summary is not None:
+        write_json(args.summary, counts | {"min_chars": args.min_chars})
+    print(f"pair: {counts} -> {args.output}", flush=True)
+    return 0
