@@ -103,7 +103,9 @@ def judge_args():
 
 
 # One string per shard job, built here once per job: Snakemake's own placeholder formatting
-# costs more than the job's other bookkeeping in a thousand-shard dry run.
+# costs more than the job's other bookkeeping in a thousand-shard dry run. Functions of the
+# wildcards only: a params function that takes `input` or `output` escapes Snakemake's params
+# rerun check (seen: a new temperature then reran nothing).
 def shard_command(stage, args, recipe, wildcards):
     """Launcher, model flags, stage flags and this shard's index and resume fingerprint."""
     i, n = wildcards.i, wildcards.n
