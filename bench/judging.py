@@ -27,7 +27,8 @@ from salmon_wf.data.principles import Principle, load_principles
 from salmon_wf.engine.scorer import PrefixScorer
 from salmon_wf.model.params import ModelArgs
 from salmon_wf.model.transformer import Transformer, body_flops_per_token
-from salmon_wf.stages.judge import Pair, decide, load_template, pair_prompts, template_head
+from salmon_wf.stages.judge import decide, load_template, pair_prompts, template_head
+from salmon_wf.stages.pair import Pair
 
 # A small LLaMA (GQA, SwiGLU); its LM head is 25% of the per-token matmul FLOPs (SmolLM2-135M: 21%).
 JUDGE_SHAPE = ModelArgs(
