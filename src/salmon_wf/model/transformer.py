@@ -67,12 +67,14 @@ class Rotary:
         self.cos, self.sin = self.cos.to(device), self.sin.to(device)
         return self
 
-    def apply(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, H, D]; positions: [B, T] absolute positions."""
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, T, 1, D/2] at `positions` [B, T]: looked up once per forward."""
         if int(positions.max()) >= self.cos.shape[0]:
             raise ValueError(f"position {int(positions.max())} beyond rotary table")
-        cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D/2]
-        sin = self.sin[positions].unsqueeze(2)
+        return self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         pairs = x.float().unflatten(-1, (-1, 2))
         even, odd = pairs[..., 0], pairs[..., 1]
         out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
@@ -113,6 +115,35 @@ class KVCache:
             mine[dst_rows, :, :length] = theirs[src_rows, :, :length]
 
 
+@dataclass
+class _Step:
+    """What every layer of one forward shares, computed once: rotary tables, cache addressing."""
+
+    positions: torch.Tensor  # [B, T]
+    cos: torch.Tensor
+    sin: torch.Tensor
+    cache_rows: torch.Tensor | None  # [B] cache row of each batch row
+    rows_are_prefix: bool  # cache rows are 0..B-1 (a view of the cache, no gather)
+    length: int = 0  # cache positions attention reads
+    visible: torch.Tensor | None = None  # [B, 1, T, length] causal mask over the cache
+
+
+def _column(layer: ColumnParallelLinear, x: torch.Tensor) -> torch.Tensor:
+    """A column-parallel projection without gathering: this rank's slice of the outputs.
+
+    (fairscale's forward adds an autograd region that is the identity at inference.)
+    """
+    return F.linear(x, layer.weight)
+
+
+def _row(layer: RowParallelLinear, x: torch.Tensor) -> torch.Tensor:
+    """A row-parallel projection: partial products summed over the model-parallel ranks."""
+    out = F.linear(x, layer.weight)
+    if mp_init.get_model_parallel_world_size() > 1:
+        torch.distributed.all_reduce(out, group=mp_init.get_model_parallel_group())
+    return out
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -140,19 +171,13 @@ class Attention(nn.Module):
         )
 
     def forward(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        rotary: Rotary,
-        layer_cache: tuple[torch.Tensor, torch.Tensor] | None,
-        cache_rows: torch.Tensor | None,
-        rows_are_prefix: bool,
+        self, x: torch.Tensor, step: _Step, layer_cache: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        q = self.wq(x).view(bsz, seqlen, self.local_heads, self.head_dim)
-        k = self.wk(x).view(bsz, seqlen, self.local_kv_heads, self.head_dim)
-        v = self.wv(x).view(bsz, seqlen, self.local_kv_heads, self.head_dim)
-        q, k = rotary.apply(q, positions), rotary.apply(k, positions)
+        q = _column(self.wq, x).view(bsz, seqlen, self.local_heads, self.head_dim)
+        k = _column(self.wk, x).view(bsz, seqlen, self.local_kv_heads, self.head_dim)
+        v = _column(self.wv, x).view(bsz, seqlen, self.local_kv_heads, self.head_dim)
+        q, k = Rotary.rotate(q, step.cos, step.sin), Rotary.rotate(k, step.cos, step.sin)
         q = q.transpose(1, 2)
         if layer_cache is None:
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
@@ -161,20 +186,20 @@ class Attention(nn.Module):
             )
         else:
             cache_k, cache_v = layer_cache
-            assert cache_rows is not None
-            row_index = cache_rows[:, None].expand(bsz, seqlen)
-            cache_k[row_index, :, positions] = k
-            cache_v[row_index, :, positions] = v
-            length = int(positions.max()) + 1
-            if rows_are_prefix:  # rows 0..B-1: a view, no copy
+            assert step.cache_rows is not None
+            row_index = step.cache_rows[:, None].expand(bsz, seqlen)
+            cache_k[row_index, :, step.positions] = k
+            cache_v[row_index, :, step.positions] = v
+            length = step.length
+            if step.rows_are_prefix:  # rows 0..B-1: a view, no copy
                 keys, values = cache_k[:bsz, :, :length], cache_v[:bsz, :, :length]
             else:
-                keys, values = cache_k[cache_rows, :, :length], cache_v[cache_rows, :, :length]
-            visible = torch.arange(length, device=x.device)[None, None, :] <= positions[:, :, None]
+                rows = step.cache_rows
+                keys, values = cache_k[rows, :, :length], cache_v[rows, :, :length]
             out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=visible.unsqueeze(1), enable_gqa=True
+                q, keys, values, attn_mask=step.visible, enable_gqa=True
             )
-        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+        return _row(self.wo, out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
 class FeedForward(nn.Module):
@@ -192,7 +217,7 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return _row(self.w2, F.silu(_column(self.w1, x)) * _column(self.w3, x))
 
 
 class TransformerBlock(nn.Module):
@@ -203,10 +228,10 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, positions, rotary, layer_cache, cache_rows, rows_are_prefix):
-        h = x + self.attention(
-            self.attention_norm(x), positions, rotary, layer_cache, cache_rows, rows_are_prefix
-        )
+    def forward(
+        self, x: torch.Tensor, step: _Step, layer_cache: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), step, layer_cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -267,10 +292,15 @@ class Transformer(nn.Module):
         rows_are_prefix = cache_rows is None
         if cache is not None and cache_rows is None:
             cache_rows = torch.arange(bsz, device=device)
+        step = _Step(positions, *self.rotary.tables(positions), cache_rows, rows_are_prefix)
+        if cache is not None:
+            step.length = int(positions.max()) + 1
+            keys = torch.arange(step.length, device=device)
+            step.visible = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1)
         h = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-            h = layer(h, positions, self.rotary, layer_cache, cache_rows, rows_are_prefix)
+            h = layer(h, step, layer_cache)
         if logits_at is not None:
             h = h[torch.arange(bsz, device=device), logits_at.to(device)]
         return self.output(self.norm(h)).float()
