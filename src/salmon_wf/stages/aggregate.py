@@ -40,11 +40,14 @@ import argparse
 import gc
 import json
 import os
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -383,7 +386,7 @@ class Renderer:
     """
 
     def __init__(self, pairs: Pairs, dims: Sequence[str], langs: Sequence[str]) -> None:
-        enc = json.JSONEncoder(ensure_ascii=False).encode
+        enc = encode_basestring  # json.dumps of a str with ensure_ascii=False, minus the wrapper
         self.head = [
             f'{{"id": {enc(i)}, "instruction": {enc(a)}, "input": {enc(b)}, '
             for i, a, b in zip(pairs.ids, pairs.instruction, pairs.input, strict=True)
@@ -560,23 +563,57 @@ def write_outputs(batches: Iterator[list[str]], json_path: Path, jsonl_path: Pat
     """Stream JSON lines into the JSON list (one record a line) and the JSONL copy.
 
     Each batch is UTF-8 encoded once, as JSONL bytes; the list's bytes are the same with every
-    line break but the last turned into ",\n" (a JSON line holds no raw line break). Both files
-    appear only when complete (temporary files, then os.replace).
+    line break but the last turned into ",\n" (a JSON line holds no raw line break). A writer
+    thread does the file writes (they release the GIL) while the next batch is rendered. Both
+    files appear only when complete (temporary files, then os.replace).
     """
     count = 0
     copy = _Atomic(jsonl_path) if jsonl_path is not None else nullcontext(None)
-    with _Atomic(json_path) as as_list, copy as as_lines:
-        as_list.write(b"[")
+    with _Atomic(json_path) as as_list, copy as as_lines, _Writer() as writer:
+        writer.put(as_list, b"[")
         for lines in batches:
             if not lines:
                 continue
             chunk = ("\n".join(lines) + "\n").encode("utf-8")
-            as_list.write((b"\n" if count == 0 else b",\n") + chunk[:-1].replace(b"\n", b",\n"))
+            lead = b"\n" if count == 0 else b",\n"
+            writer.put(as_list, lead + chunk[:-1].replace(b"\n", b",\n"))
             if as_lines is not None:
-                as_lines.write(chunk)
+                writer.put(as_lines, chunk)
             count += len(lines)
-        as_list.write(b"\n]\n" if count else b"]\n")
+        writer.put(as_list, b"\n]\n" if count else b"]\n")
     return count
+
+
+class _Writer:
+    """A thread writing (handle, bytes) items in order; a write error is raised in the caller."""
+
+    def __init__(self, depth: int = 4) -> None:
+        self.items: queue.Queue[tuple[BinaryIO, bytes] | None] = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="aggregate-writer", daemon=True)
+
+    def _run(self) -> None:
+        while (item := self.items.get()) is not None:
+            if self.error is None:
+                try:
+                    item[0].write(item[1])
+                except BaseException as exc:
+                    self.error = exc
+
+    def put(self, handle: BinaryIO, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.items.put((handle, data))
+
+    def __enter__(self) -> _Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.items.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class _Atomic:
