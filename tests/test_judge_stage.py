@@ -59,10 +59,10 @@ def test_pair_command_writes_the_pairs_and_their_counts(
     out, summary = tmp_path / "pairs.jsonl", tmp_path / "pairs.summary.json"
     argv = ["pair", "--responses", str(runs[0]), str(runs[1]), "--min-chars", "2"]
     assert main([*argv, "--output", str(out), "--summary", str(summary)]) == 0
-    assert [p.id for p in read_pairs(out)] == ["p1", "p2", "p3", "p4"]  # "ok" has 2 characters
-    assert read_pairs(out)[1] == Pair(
-        "p2", "Question 2?", "", "Sleep helps the body recover.", read_pairs(out)[1].output_2
-    )
+    pairs = read_pairs(out)
+    assert [p.id for p in pairs] == ["p1", "p2", "p3", "p4"]  # "ok" has 2 characters
+    sleep = "Sleep helps the body recover."
+    assert pairs[1] == Pair("p2", "Question 2?", "", sleep, sleep[::-1] + " More words here.")
     assert json.loads(summary.read_text())["too_short"] == 0
     assert json.loads(summary.read_text())["min_chars"] == 2
     broken = tmp_path / "broken.jsonl"

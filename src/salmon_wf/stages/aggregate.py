@@ -709,13 +709,15 @@ def run(args: argparse.Namespace) -> int:
     # Millions of long-lived texts and lists: the cyclic collector would re-walk them after
     # every few hundred new lists (each chunk makes ~10^5), doubling the rendering time. The
     # stage builds no reference cycles worth collecting, so it runs without it.
+    collecting = gc.isenabled()
     gc.disable()
     try:
         agg = Aggregation(args.responses, args.judgments, args.principles, settings, args.workers)
         loaded = time.perf_counter() - start
         count = write_outputs(agg.lines(), args.output, args.output_jsonl)
     finally:
-        gc.enable()
+        if collecting:
+            gc.enable()
     if args.stats is not None:
         with _Atomic(args.stats) as handle:
             handle.write((json.dumps(agg.stats, ensure_ascii=False, indent=2) + "\n").encode())
