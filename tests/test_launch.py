@@ -74,6 +74,7 @@ def test_slurm_resources_come_from_config() -> None:
         "cpus_per_task": 12,
         "nodes": 2,
         "tasks": 2,
+        "tasks_per_gpu": 0,
         "mpi": "srun",
         "gres": "gpu:6",
     }
@@ -85,3 +86,34 @@ def test_slurm_resources_come_from_config() -> None:
     config["model"]["mp"], config["slurm"]["nodes_per_group"] = 5, 2
     with pytest.raises(ValueError, match="not divisible"):
         group_shape(config)
+
+
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+class _Job:
+    def __init__(self, resources: dict) -> None:
+        self.resources = _Resources(resources)
+        self.threads = 1
+
+
+def test_the_slurm_plugin_asks_one_task_per_node_for_shard_jobs() -> None:
+    """sbatch gets one task per node: torchrun, not SLURM, starts a rank per GPU."""
+    submit = pytest.importorskip("snakemake_executor_plugin_slurm.submit_string")
+    config = {
+        "model": {"mp": 4},
+        "slurm": {
+            "nodes_per_group": 1,
+            "gpu_jobs": {"runtime": 60, "mem_mb": 1000, "cpus_per_task": 8},
+        },
+    }
+    params = {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": ""}
+    params |= {"partition": "", "workdir": ""}
+
+    one_node = submit.get_submit_command(_Job(slurm_resources(config, "gpu")), params)
+    assert "--ntasks" not in one_node and "--nodes" not in one_node  # SLURM's default: 1 task
+    config["slurm"]["nodes_per_group"] = 2
+    two_nodes = submit.get_submit_command(_Job(slurm_resources(config, "gpu")), params)
+    assert "--nodes=2" in two_nodes and "--ntasks=2" in two_nodes
+    assert "--ntasks-per-gpu" not in two_nodes

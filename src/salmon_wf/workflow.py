@@ -154,9 +154,11 @@ def slurm_resources(config: dict[str, Any], kind: str) -> dict[str, Any]:
     if kind == "gpu":
         nodes, per_node = group_shape(config)
         gpus = per_node if jobs.get("gpus_per_node") is None else jobs["gpus_per_node"]
-        resources |= {"nodes": nodes, "tasks": nodes}
-        if nodes > 1:  # the plugin accepts mpi jobs only with several tasks
-            resources["mpi"] = "srun"
+        # One node and one task are SLURM's defaults. The plugin accepts mpi jobs only with
+        # several tasks, and turns `tasks` of a GPU job into --ntasks-per-gpu (one task per
+        # GPU, not per node) unless tasks_per_gpu is given: 0 leaves that flag out.
+        if nodes > 1:
+            resources |= {"nodes": nodes, "tasks": nodes, "tasks_per_gpu": 0, "mpi": "srun"}
         if gpus:
             resources["gres"] = f"gpu:{gpus}"
     return {k: v for k, v in resources.items() if v not in ("", None)}
