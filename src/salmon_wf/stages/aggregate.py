@@ -41,6 +41,7 @@ import gc
 import json
 import os
 import queue
+import resource
 import threading
 import time
 from collections import Counter
@@ -57,13 +58,14 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from salmon_wf.data.jsonl import RecordError, parse_record
-from salmon_wf.data.langid import DEFAULT_MAX_CHARS, detect_languages
+from salmon_wf.data.langid import DEFAULT_MAX_CHARS, LanguageDetection
 from salmon_wf.data.principles import load_principles
 
 DEFAULT_EXCLUDED = ("Overall Helpful", "Natural and Fluent", "Multilingual")
 RULE_FLAGS = ("", "ai_language_model", "language")  # index = rule code in the arrays
 SWAP_PROB = 0.5
-CHUNK = 1 << 15  # examples rendered and written at a time (bounds memory, not the output)
+BLOCK = 4 << 20  # bytes of JSONL parsed at a time
+CHUNK = 1 << 13  # examples rendered and written at a time (bounds memory, not the output)
 
 _TEXT = ("id", "instruction", "input", "response")
 RESPONSE_SCHEMA = pa.schema([(name, pa.string()) for name in _TEXT])
@@ -113,7 +115,11 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
     """
     options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
-        table = pj.read_json(path, pj.ReadOptions(block_size=16 << 20), options)
+        # Streamed in 4 MB blocks: the whole-file reader holds 3x the table in parse buffers
+        # (2.0 GB peak for a 0.58 GB table from 2.6 GB of judgments; streamed: 0.94 GB).
+        # A line longer than a block is an Arrow error, so it goes to the strict reader.
+        with pj.open_json(path, pj.ReadOptions(block_size=BLOCK), options) as batches:
+            table = pa.Table.from_batches(list(batches), schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return _read_strict(path, schema)
     for name in schema.names:
@@ -172,23 +178,19 @@ def _first_duplicate(ids: pa.Array) -> str | None:
 
 
 @dataclass
-class Pairs:
-    """Kept pairs in run-0 order, with their (s12, s21) per used dimension."""
+class Runs:
+    """The pairs present in both sampling runs, in run-0 order, texts as Python strings."""
 
-    ids: list[str]
+    ids: pa.Array
     instruction: list[str]
     input: list[str]
     output_1: list[str]
     output_2: list[str]
-    s12: np.ndarray  # (N, D) float64
-    s21: np.ndarray
-    counts: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, Any]
 
 
-def join(
-    responses: Sequence[Path], judgments: Path, dimensions: Sequence[str], known: Sequence[str]
-) -> Pairs:
-    """Join both runs and the judgments by id; `known` is every dimension of the principle file."""
+def read_runs(responses: Sequence[Path]) -> Runs:
+    """Both runs' records joined by id; an id in one run only is dropped (and counted)."""
     run0, run1 = (read_table(path, RESPONSE_SCHEMA) for path in responses)
     for path, table in zip(responses, (run0, run1), strict=True):
         duplicate = _first_duplicate(table.column("id").combine_chunks())
@@ -207,21 +209,49 @@ def join(
             raise RecordError(
                 f"id {bad!r}: {name} differs between {responses[0]} and {responses[1]}"
             )
-    n_both = run0.num_rows
+    counts = {
+        "responses": [n_run0, n_run1],
+        "only_in_one_run": n_run0 + n_run1 - 2 * run0.num_rows,
+    }
+    ids = run0.column("id").combine_chunks()
+    columns = [run0.column("instruction"), run0.column("input")]
+    columns += [run0.column("response"), run1.column("response")]
+    del run0, run1
+    texts = []
+    for _ in range(len(columns)):  # each column's Arrow buffers go as its strings arrive
+        texts.append(columns.pop(0).to_pylist())
+        pa.default_memory_pool().release_unused()  # hand Arrow's freed buffers back to the OS
+    return Runs(ids, *texts, counts=counts)
 
+
+@dataclass
+class Scores:
+    """(s12, s21) per pair of `Runs` and used dimension; `kept` marks the usable pairs."""
+
+    s12: np.ndarray  # (N, D) float64, NaN where a judgment is missing
+    s21: np.ndarray
+    kept: np.ndarray  # (N,) bool
+    counts: dict[str, Any]
+
+
+def read_scores(
+    judgments: Path, ids: pa.Array, dimensions: Sequence[str], known: Sequence[str]
+) -> Scores:
+    """The judgments of the pairs `ids`, by id and dimension; `known`: the principle file's."""
+    n_both = len(ids)
     table = read_table(judgments, JUDGMENT_SCHEMA)
     dim_of = pc.index_in(table.column("dimension"), value_set=pa.array(list(known), pa.string()))
     if dim_of.null_count:
         row = int(np.flatnonzero(~dim_of.is_valid().to_numpy(zero_copy_only=False))[0])
         bad = table.column("dimension")[row].as_py()
         raise RecordError(f"{judgments} record {row + 1}: dimension {bad!r} is not a principle")
-    pair_of = pc.index_in(table.column("id"), value_set=run0.column("id").combine_chunks())
+    pair_of = pc.index_in(table.column("id"), value_set=ids)
     matched = pair_of.is_valid().to_numpy(zero_copy_only=False)
     pair = pair_of.fill_null(0).to_numpy()[matched].astype(np.int64)
     dim = dim_of.to_numpy()[matched].astype(np.int64)
     scores = pc.list_flatten(table.column("relative_score")).to_numpy().reshape(-1, 2)[matched]
     n_judgments = table.num_rows
-    del table, dim_of, pair_of  # the largest input: free it before the texts become Python's
+    del table, dim_of, pair_of
     pa.default_memory_pool().release_unused()
 
     n_known = len(known)
@@ -229,7 +259,7 @@ def join(
     seen = np.bincount(key, minlength=n_both * n_known)
     if seen.size and seen.max() > 1:
         first = int(np.flatnonzero(seen > 1)[0])
-        bad_id = run0.column("id")[first // n_known].as_py()
+        bad_id = ids[first // n_known].as_py()
         raise RecordError(
             f"{judgments}: duplicate judgment for id {bad_id!r}, "
             f"dimension {known[first % n_known]!r}"
@@ -246,34 +276,52 @@ def join(
     finite = np.isfinite(s12).all(axis=1) & np.isfinite(s21).all(axis=1)
     kept = joined & complete & finite
     counts = {
-        "responses": [n_run0, n_run1],
         "judgments": n_judgments,
         "judgments_without_pair": int((~matched).sum()),
         "pairs_in_both_runs": n_both,
         "pairs_joined": int(joined.sum()),
         "pairs_kept": int(kept.sum()),
         "pairs_dropped": {
-            "only_in_one_run": n_run0 + n_run1 - 2 * n_both,
             "no_judgments": int((~joined).sum()),
             "missing_dimension": int((joined & ~complete).sum()),
             "non_finite_score": int((joined & complete & ~finite).sum()),
         },
     }
-    rows = pa.array(np.flatnonzero(kept))
-    run0, run1 = run0.take(rows), run1.take(rows)
-    pairs = Pairs(
-        ids=run0.column("id").to_pylist(),
-        instruction=run0.column("instruction").to_pylist(),
-        input=run0.column("input").to_pylist(),
-        output_1=run0.column("response").to_pylist(),
-        output_2=run1.column("response").to_pylist(),
-        s12=s12[kept],
-        s21=s21[kept],
-        counts=counts,
-    )
-    del run0, run1
-    pa.default_memory_pool().release_unused()  # hand Arrow's freed buffers back to the OS
-    return pairs
+    return Scores(s12, s21, kept, counts)
+
+
+@dataclass
+class Pairs:
+    """Kept pairs in run-0 order, with their (s12, s21) per used dimension."""
+
+    ids: list[str]
+    instruction: list[str]
+    input: list[str]
+    output_1: list[str]
+    output_2: list[str]
+    s12: np.ndarray  # (N, D) float64
+    s21: np.ndarray
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def kept_pairs(runs: Runs, scores: Scores) -> Pairs:
+    """The kept pairs of `runs`, and every count in the order the stats report them."""
+    dropped = {"only_in_one_run": runs.counts["only_in_one_run"]}
+    counts = {"responses": runs.counts["responses"]} | scores.counts
+    counts["pairs_dropped"] = dropped | scores.counts["pairs_dropped"]
+    kept = scores.kept
+    if kept.all():
+        ids = runs.ids.to_pylist()
+        texts = (runs.instruction, runs.input, runs.output_1, runs.output_2)
+    else:
+        rows = np.flatnonzero(kept)
+        ids = runs.ids.take(pa.array(rows)).to_pylist()
+        pick = rows.tolist()
+        texts = tuple(
+            [column[i] for i in pick]
+            for column in (runs.instruction, runs.input, runs.output_1, runs.output_2)
+        )
+    return Pairs(ids, *texts, s12=scores.s12[kept], s21=scores.s21[kept], counts=counts)
 
 
 # ---------------------------------------------------------------- scoring
@@ -385,7 +433,7 @@ class Renderer:
     they are JSON-encoded once per pair and the line is assembled from encoded pieces.
     """
 
-    def __init__(self, pairs: Pairs, dims: Sequence[str], langs: Sequence[str]) -> None:
+    def __init__(self, pairs: Pairs, dims: Sequence[str]) -> None:
         enc = encode_basestring  # json.dumps of a str with ensure_ascii=False, minus the wrapper
         self.head = [
             f'{{"id": {enc(i)}, "instruction": {enc(a)}, "input": {enc(b)}, '
@@ -393,9 +441,13 @@ class Renderer:
         ]
         self.output_1 = [enc(t) for t in pairs.output_1]
         self.output_2 = [enc(t) for t in pairs.output_2]
-        self.lang = [enc(lang) for lang in langs]
+        self.lang: list[str] = []
         self.dim = [enc(repr(d))[1:-1] for d in dims]  # a name's Python literal, JSON-escaped
         self.flag = [enc(f) for f in RULE_FLAGS]
+
+    def set_languages(self, langs: Sequence[str]) -> None:
+        """The instructions' language codes (known later than the texts)."""
+        self.lang = [encode_basestring(lang) for lang in langs]
 
     def lines(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[str]:
         """The lines of the examples at rows `index` of one pass, in that order."""
@@ -453,7 +505,14 @@ def resolve_dimensions(known: Sequence[str], requested: Sequence[str] | None) ->
 
 
 class Aggregation:
-    """Joined, normalised pairs and their languages; `examples()` yields the records."""
+    """Joined, normalised pairs and their languages; `lines()` yields the records' JSON lines.
+
+    The order of work keeps both cores busy (1M pairs x 11 principles on 2 cores: 50 s, 3.1 GB):
+    the runs are read first; language identification of every text in both runs then starts
+    in worker processes, and the judgments are read and the kept pairs' texts JSON-encoded
+    while it runs. Texts of pairs that are dropped later are identified too (their codes are
+    not used); the codes do not depend on which other texts are identified.
+    """
 
     def __init__(
         self,
@@ -465,51 +524,73 @@ class Aggregation:
     ) -> None:
         settings.check()
         self.settings = settings
+        progress = _Progress()
         known = [p.dimension for p in load_principles(principles)]
         self.dims = resolve_dimensions(known, settings.dimensions)
-        self.pairs = join(responses, judgments, self.dims, known)
-        self.z, variance = normalise(self.pairs.s12, self.pairs.s21)
-        n = len(self.pairs.ids)
-        phrase = settings.ai_phrase
-        self.has_phrase = np.array(
-            [
-                [phrase in a, phrase in b]
-                for a, b in zip(self.pairs.output_1, self.pairs.output_2, strict=True)
-            ],
-            dtype=bool,
-        ).reshape(n, 2)
-        texts = list(self.pairs.instruction)
+        runs = read_runs(responses)
+        progress.step(f"read both runs: {len(runs.ids)} pairs in both")
+        # Language identification is the longest step: it starts now, in other processes, and
+        # the judgments are read and the texts encoded while it runs.
+        texts = runs.instruction
         if settings.language_rule:
-            texts += self.pairs.output_1 + self.pairs.output_2
-        codes = detect_languages(texts, settings.langid_max_chars, workers=workers)
-        self.langs = [code or "unknown" for code in codes[:n]]
+            texts = texts + runs.output_1 + runs.output_2
+        detection = LanguageDetection(texts, settings.langid_max_chars, workers=workers)
+        del texts
+        try:
+            scores = read_scores(judgments, runs.ids, self.dims, known)
+            progress.step(f"read judgments: {scores.counts['pairs_kept']} pairs kept")
+            pairs = kept_pairs(runs, scores)
+            kept = scores.kept
+            del scores, runs
+            self.n = n = len(pairs.ids)
+            self.z, variance = normalise(pairs.s12, pairs.s21)
+            phrase = settings.ai_phrase
+            outputs = zip(pairs.output_1, pairs.output_2, strict=True)
+            self.has_phrase = np.array(
+                [[phrase in a, phrase in b] for a, b in outputs], dtype=bool
+            ).reshape(n, 2)
+            self.renderer = Renderer(pairs, self.dims)
+            counts = pairs.counts
+            del pairs  # the renderer holds the encoded texts
+            progress.step("encoded the texts")
+            codes = detection.result()
+        finally:
+            detection.cancel()
+        progress.step(f"identified the languages of {len(codes)} texts")
+        rows, total = np.flatnonzero(kept).tolist(), kept.size
+        langs = [codes[i] for i in rows]
+        self.langs = [code or "unknown" for code in langs]
+        self.renderer.set_languages(self.langs)
         self.lang_differs: np.ndarray | None = None
         if settings.language_rule:
+            first = [codes[total + i] for i in rows]
+            second = [codes[2 * total + i] for i in rows]
             self.lang_differs = np.array(
                 [
-                    [_differs(codes[i], codes[n + i]), _differs(codes[i], codes[2 * n + i])]
-                    for i in range(n)
+                    [_differs(a, b), _differs(a, c)]
+                    for a, b, c in zip(langs, first, second, strict=True)
                 ],
                 dtype=bool,
             ).reshape(n, 2)
         self.stats: dict[str, Any] = {"parameters": asdict(settings) | {"dimensions": self.dims}}
-        self.stats |= self.pairs.counts
+        self.stats |= counts
         self.stats["variance"] = dict(zip(self.dims, variance.tolist(), strict=True))
         self.stats["zero_variance_dimensions"] = [
             d for d, v in zip(self.dims, variance.tolist(), strict=True) if n and v == 0
         ]
         self.stats["instruction_languages"] = dict(Counter(self.langs).most_common())
+        self.progress = progress
 
     def lines(self) -> Iterator[list[str]]:
         """The JSON lines of every pass's written examples; fills `stats` as it goes."""
-        s, n, d = self.settings, len(self.pairs.ids), len(self.dims)
+        s, n, d = self.settings, self.n, len(self.dims)
         rng = np.random.default_rng(s.seed)
-        renderer = Renderer(self.pairs, self.dims, self.langs)
+        renderer = self.renderer
         totals: Counter[str] = Counter()
         per_rule = np.zeros(len(RULE_FLAGS), np.int64)
         per_dim = np.zeros(d, np.int64)
         per_k = np.zeros(s.max_principles + 1, np.int64)
-        for _ in range(s.passes):
+        for pass_number in range(s.passes):
             draws = draw(rng, n, d, s)
             out = decide(self.z, draws, self.has_phrase, self.lang_differs, s)
             keep = out.keep
@@ -533,6 +614,7 @@ class Aggregation:
             rows = np.flatnonzero(keep)
             for start in range(0, rows.size, CHUNK):
                 yield renderer.lines(rows[start : start + CHUNK], draws, out)
+            self.progress.step(f"pass {pass_number + 1} of {s.passes}: {rows.size} examples")
         noise = {"principle": totals["noise_principle"], "rule": totals["noise_rule"]}
         self.stats |= {
             "candidates": totals["candidates"],
@@ -552,6 +634,19 @@ class Aggregation:
             "negated_principles": totals["negated"],
             "principles_per_example": {str(k): int(c) for k, c in enumerate(per_k) if k and c},
         }
+
+
+class _Progress:
+    """One line per finished step, with its seconds (the stage's log shows where time goes)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def step(self, what: str) -> None:
+        now = time.perf_counter()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        print(f"aggregate: {what} ({now - self.last:.1f} s, peak {peak / 1e9:.2f} GB)", flush=True)
+        self.last = now
 
 
 def _differs(instruction: str | None, output: str | None) -> bool:
@@ -713,7 +808,6 @@ def run(args: argparse.Namespace) -> int:
     gc.disable()
     try:
         agg = Aggregation(args.responses, args.judgments, args.principles, settings, args.workers)
-        loaded = time.perf_counter() - start
         count = write_outputs(agg.lines(), args.output, args.output_jsonl)
     finally:
         if collecting:
@@ -725,7 +819,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"aggregate: {agg.stats['pairs_kept']} pairs kept of {agg.stats['pairs_in_both_runs']}, "
         f"{count} examples written to {args.output} "
-        f"(load+langid {loaded:.1f} s, total {elapsed:.1f} s)",
+        f"({elapsed:.1f} s)",
         flush=True,
     )
     if count == 0:
