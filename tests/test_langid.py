@@ -66,8 +66,8 @@ def test_lone_surrogates_are_classified_not_fatal() -> None:
 
 
 def test_detection_runs_in_workers_while_the_caller_goes_on() -> None:
-    texts = [ENGLISH, GERMAN, CHINESE, FRENCH] * 10
+    texts = [ENGLISH, GERMAN, CHINESE, FRENCH] * 16
     detection = LanguageDetection(texts, workers=2, min_parallel=1)
-    assert detection.pool is not None and len(detection.parts) == 8  # 4 slices per worker
-    assert detection.result() == ["en", "de", "zh", "fr"] * 10
+    assert detection.pool is not None and len(detection.parts) == 16  # 8 slices per worker
+    assert detection.result() == ["en", "de", "zh", "fr"] * 16
     LanguageDetection(texts, workers=2, min_parallel=1).cancel()  # stops without waiting

@@ -507,8 +507,8 @@ def resolve_dimensions(known: Sequence[str], requested: Sequence[str] | None) ->
 class Aggregation:
     """Joined, normalised pairs and their languages; `lines()` yields the records' JSON lines.
 
-    The order of work keeps both cores busy (1M pairs x 11 principles on 2 cores: 50 s, 3.1 GB):
-    the runs are read first; language identification of every text in both runs then starts
+    The order of work keeps the cores busy (docs/benchmarks.md has the measured effect): the
+    runs are read first; language identification of every text in both runs then starts
     in worker processes, and the judgments are read and the kept pairs' texts JSON-encoded
     while it runs. Texts of pairs that are dropped later are identified too (their codes are
     not used); the codes do not depend on which other texts are identified.
