@@ -8,6 +8,7 @@ from snakemake.utils import min_version, validate
 
 from salmon_wf.workflow import (
     Recipes,
+    ease_garbage_collection,
     flags,
     group_shape,
     run_settings,
@@ -15,6 +16,7 @@ from salmon_wf.workflow import (
 )
 
 min_version("9.0")
+ease_garbage_collection()
 
 SCHEMA_PATH = workflow.source_path("../schemas/config.schema.yaml")
 validate(config, SCHEMA_PATH, set_default=True)
