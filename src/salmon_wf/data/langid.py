@@ -16,12 +16,16 @@ that guess carries no information, and callers treat None as "unknown".
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import re
+import signal
 from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 from importlib.resources import files
-from multiprocessing.pool import AsyncResult, Pool
 from typing import Any
 
 import fasttext
@@ -90,8 +94,9 @@ class LanguageDetection:
     `min_parallel` texts, the heads go to that many processes ("spawn": safe next to other
     libraries' threads; each loads the small model in well under a second) in 8 slices per
     worker (a worker holds one slice's texts and labels at a time: ~0.15 GB at 1M pairs);
-    otherwise `result()` classifies them in this process. `cancel()` stops the workers at
-    once (a caller that fails meanwhile does not wait for them).
+    otherwise `result()` classifies them in this process. A worker that dies (killed, out of
+    memory) makes `result()` raise instead of waiting forever; `cancel()` stops the workers at
+    once, so a caller that fails meanwhile does not wait for them.
     """
 
     def __init__(
@@ -102,33 +107,46 @@ class LanguageDetection:
         min_parallel: int = 50_000,
     ) -> None:
         self.heads: list[str] | None = [text[:max_chars] for text in texts]
-        self.parts: list[AsyncResult[list[str | None]]] = []
-        self.pool: Pool | None = None
-        if workers > 1 and len(self.heads) >= min_parallel:
-            self.pool = multiprocessing.get_context("spawn").Pool(workers)
+        self.parts: list[Future[list[str | None]]] = []
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1 and self.heads and len(self.heads) >= min_parallel:
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(workers, mp_context=context)
             size = -(-len(self.heads) // (workers * 8))
             for start in range(0, len(self.heads), size):
                 part = self.heads[start : start + size]
-                self.parts.append(self.pool.apply_async(classify_heads, (part,)))
+                self.parts.append(self.pool.submit(classify_heads, part))
             self.heads = None  # the workers have their copies
-            self.pool.close()  # no more work; the workers end when theirs is done
 
     def result(self) -> list[str | None]:
         """The codes, in the order of the texts (waits for the workers)."""
         if self.pool is None:
             assert self.heads is not None
             return classify_heads(self.heads)
-        codes = [code for part in self.parts for code in part.get()]
-        self.pool.join()
+        try:
+            codes = [code for part in self.parts for code in part.result()]
+        except BrokenProcessPool as error:
+            self.cancel()
+            raise RuntimeError(
+                "language identification: a worker process died (killed or out of memory?)"
+            ) from error
+        except BaseException:
+            self.cancel()
+            raise
+        self.pool.shutdown()  # the workers are idle: they exit on their own
         self.pool = None
         return codes
 
     def cancel(self) -> None:
-        """Stop the workers now (nothing happens after `result()`)."""
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
+        """Stop the workers now (after `result()` there is nothing left to stop)."""
+        if self.pool is None:
+            return
+        pool, self.pool = self.pool, None
+        processes = list(getattr(pool, "_processes", None) or {})  # pids, before shutdown
+        pool.shutdown(wait=False, cancel_futures=True)
+        for pid in processes:  # the executor has no public way to stop running work
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def detect_languages(
@@ -138,7 +156,11 @@ def detect_languages(
     min_parallel: int = 50_000,
 ) -> list[str | None]:
     """One code (or None) per text, in order, judged on the first `max_chars` characters."""
-    return LanguageDetection(texts, max_chars, workers, min_parallel).result()
+    detection = LanguageDetection(texts, max_chars, workers, min_parallel)
+    try:
+        return detection.result()
+    finally:
+        detection.cancel()
 
 
 def detect_language(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str | None:
