@@ -12,7 +12,7 @@ from mp_worker import run_rank
 
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.hf_export import to_hf_llama
-from salmon_wf.model.loader import LoadedModel
+from salmon_wf.model.loader import LoadedModel, build_model
 from salmon_wf.model.params import ModelArgs
 from salmon_wf.model.transformer import KVCache
 
@@ -94,3 +94,13 @@ def test_hugging_face_llama_gives_the_same_logits(tiny: LoadedModel) -> None:
     ours = tiny.model(ids)
     assert ours.abs().max() > 1  # logits of real scale, not a degenerate model
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_every_weight_is_built_on_the_requested_device(tiny: LoadedModel) -> None:
+    """fairscale's layers ignore the default-device context: on a GPU they stayed on the CPU.
+
+    The meta device stands in for CUDA here: a weight left elsewhere shows up the same way.
+    """
+    model = build_model(tiny.args, torch.bfloat16, torch.device("meta"))
+    places = {(name, p.device.type, p.dtype) for name, p in model.named_parameters()}
+    assert places and all(kind == "meta" and dtype == torch.bfloat16 for _, kind, dtype in places)

@@ -79,10 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stage = args.stage[1:] if args.stage[:1] == ["--"] else args.stage
     command = plan(args.nodes, args.ranks_per_node, stage, os.environ, args.node_agent)
-    if command is None:
+    if command is None:  # one rank: the stage runs in this process
         from salmon_wf.cli import main as cli_main
 
-        return cli_main(stage)
+        code = cli_main(stage)
+        if "torch.distributed" in sys.modules:
+            from salmon_wf.model.parallel import leave_process_group
+
+            leave_process_group()  # as the salmon-wf entry point does (NCCL warns otherwise)
+        return code
     print("launch:", " ".join(command), file=sys.stderr, flush=True)
     os.execvp(command[0], command)
     return 0  # not reached

@@ -83,6 +83,7 @@ def choose_tokens(
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
+    uniforms = uniforms.to(logits.device)  # drawn on the CPU: the same numbers on any device
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p >= 1.0:
         return _inverse_cdf(probs, uniforms)

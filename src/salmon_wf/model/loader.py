@@ -36,6 +36,18 @@ def resolve_args(model_dir: Path, tokenizer: Tokenizer) -> ModelArgs:
     return args
 
 
+def build_model(args: ModelArgs, dtype: torch.dtype, device: torch.device) -> Transformer:
+    """An uninitialised Transformer of `dtype` with every parameter on `device`.
+
+    fairscale's parallel layers allocate their weights with the legacy `torch.Tensor(...)`
+    constructor, which ignores the default-device context (found on an H100: the embedding and
+    every projection stayed on the CPU), so the model is moved after it is built.
+    """
+    with default_dtype(dtype), torch.device(device):
+        model = Transformer(args)
+    return model.to(device)
+
+
 def load_model(
     model_dir: str | Path,
     ctx: ParallelContext,
@@ -54,9 +66,7 @@ def load_model(
     if max_seq_len is not None:
         args = ModelArgs(**{**args.__dict__, "max_seq_len": max_seq_len})
     state = load_rank_state(model_dir, args, ctx.rank, ctx.world_size)
-    torch_dtype = DTYPES[dtype]
-    with default_dtype(torch_dtype), torch.device(ctx.device):
-        model = Transformer(args)
+    model = build_model(args, DTYPES[dtype], ctx.device)
     with torch.no_grad():
         for name, param in model.state_dict().items():
             param.copy_(state[name])
