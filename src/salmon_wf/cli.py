@@ -50,19 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     return int(_load(args.command).run(args) or 0)
 
 
-def program() -> None:
-    """The `salmon-wf` executable: `main`, then the ranks leave their process group together.
+def run_and_leave(argv: list[str] | None = None) -> int:
+    """`main`, then the ranks leave their process group together (for a process that ends).
 
     A process that exits with its gloo group alive can abort in gloo's threads ("terminate
     called without an active exception", 1 run in 3 under torchrun here) after all its work
-    is done. A failing command skips this: its exception ends the process as before.
+    is done, and NCCL warns. A failing command skips this: its exception ends the process.
     """
-    code = main()
+    code = main(argv)
     if "torch.distributed" in sys.modules:  # only model commands imported torch
         from salmon_wf.model.parallel import leave_process_group
 
         leave_process_group()
-    sys.exit(code)
+    return code
+
+
+def program() -> None:
+    """The `salmon-wf` executable."""
+    sys.exit(run_and_leave())
 
 
 if __name__ == "__main__":

@@ -80,14 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     stage = args.stage[1:] if args.stage[:1] == ["--"] else args.stage
     command = plan(args.nodes, args.ranks_per_node, stage, os.environ, args.node_agent)
     if command is None:  # one rank: the stage runs in this process
-        from salmon_wf.cli import main as cli_main
+        from salmon_wf.cli import run_and_leave
 
-        code = cli_main(stage)
-        if "torch.distributed" in sys.modules:
-            from salmon_wf.model.parallel import leave_process_group
-
-            leave_process_group()  # as the salmon-wf entry point does (NCCL warns otherwise)
-        return code
+        return run_and_leave(stage)
     print("launch:", " ".join(command), file=sys.stderr, flush=True)
     os.execvp(command[0], command)
     return 0  # not reached

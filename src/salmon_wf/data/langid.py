@@ -156,11 +156,7 @@ def detect_languages(
     min_parallel: int = 50_000,
 ) -> list[str | None]:
     """One code (or None) per text, in order, judged on the first `max_chars` characters."""
-    detection = LanguageDetection(texts, max_chars, workers, min_parallel)
-    try:
-        return detection.result()
-    finally:
-        detection.cancel()
+    return LanguageDetection(texts, max_chars, workers, min_parallel).result()
 
 
 def detect_language(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str | None:

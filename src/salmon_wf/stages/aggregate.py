@@ -640,7 +640,7 @@ class _Progress:
     """One line per finished step, with its seconds (the stage's log shows where time goes)."""
 
     def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
+        self.last = time.perf_counter()
 
     def step(self, what: str) -> None:
         now = time.perf_counter()
