@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     pairs, counts = make_pairs(args.responses[0], args.responses[1], args.min_chars)
     write_jsonl(args.output, (asdict(p) for p in pairs))
     if args.summary is not None:
-        write_json(args.summary, counts | {"min_chars": args.min_chars})
+        # "dropped": every count but "pairs" is a reason a pair was dropped before judging
+        # (the aggregation reports them under these names).
+        dropped = {reason: n for reason, n in counts.items() if reason != "pairs"}
+        write_json(args.summary, counts | {"dropped": dropped, "min_chars": args.min_chars})
     print(f"pair: {counts} -> {args.output}", flush=True)
     return 0
