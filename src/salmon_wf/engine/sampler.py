@@ -129,6 +129,9 @@ class Sampler:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        # Logits past the tokenizer are padded rows (Dromedary's model_vocab_size) or ids no text
+        # decodes to: never candidates.
+        self.vocab = tokenizer.vocab_size
         self.max_batch = max_batch
         self.max_seq_len = min(max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
         self.policy = long_prompt_policy
@@ -248,6 +251,7 @@ class Sampler:
         window = 4 * max((len(s) for s in params.stop), default=0) + 4
         steps = [len(slots[i].generated) for i in indices]
         uniforms = torch.stack([slots[i].uniforms[s] for i, s in zip(indices, steps, strict=True)])
+        logits = logits[:, : self.vocab]
         chosen = choose_tokens(logits, params.temperature, params.top_p, uniforms).tolist()
         stop_ids = self.tokenizer.stop_ids
         self.stats["generated_tokens"] += len(indices)

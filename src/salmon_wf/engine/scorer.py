@@ -70,6 +70,9 @@ class PrefixScorer:
         too_long = [i for i, p in enumerate(prompts) if len(p) > limit]
         if too_long:
             raise ValueError(f"prompts {too_long[:5]} exceed the context of {limit} tokens")
+        vocab = self.model.args.vocab_size
+        if any(not 0 <= t < vocab for t in token_ids):
+            raise ValueError(f"token ids {list(token_ids)} outside the vocabulary of {vocab}")
         out = torch.full((len(prompts), len(token_ids)), float("nan"))
         self.stats["prompts"] += len(prompts)
         self.stats["prompt_tokens"] += sum(len(p) for p in prompts)

@@ -30,21 +30,27 @@ def shard_dim(name: str) -> int | None:
     return None
 
 
+def embedding_split(args: ModelArgs, world: int) -> int:
+    """Split dim of the embedding over `world` ranks: Meta's (by dim) when it divides, else by
+    vocabulary row (Dromedary's MP 12 of LLaMA-65B: 8192 is not a multiple of 12)."""
+    return 1 if args.dim % world == 0 else 0
+
+
 def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-    """Full (unsharded) shape of every weight the model needs."""
-    hd, ffn = args.head_dim, args.ffn_hidden_dim
+    """Full (unsharded) shape of every weight the model needs, padded rows included."""
+    hd, ffn, rows = args.head_dim, args.ffn_hidden_dim, args.vocab_rows
     shapes: dict[str, tuple[int, ...]] = {
-        "tok_embeddings.weight": (args.vocab_size, args.dim),
+        "tok_embeddings.weight": (rows, args.dim),
         "norm.weight": (args.dim,),
-        "output.weight": (args.vocab_size, args.dim),
+        "output.weight": (rows, args.dim),
     }
     for i in range(args.n_layers):
         p = f"layers.{i}."
         shapes |= {
-            p + "attention.wq.weight": (args.n_heads * hd, args.dim),
+            p + "attention.wq.weight": (args.attn_heads * hd, args.dim),
             p + "attention.wk.weight": (args.kv_heads * hd, args.dim),
             p + "attention.wv.weight": (args.kv_heads * hd, args.dim),
-            p + "attention.wo.weight": (args.dim, args.n_heads * hd),
+            p + "attention.wo.weight": (args.dim, args.attn_heads * hd),
             p + "feed_forward.w1.weight": (ffn, args.dim),
             p + "feed_forward.w2.weight": (args.dim, ffn),
             p + "feed_forward.w3.weight": (ffn, args.dim),
@@ -83,7 +89,7 @@ def save_checkpoint(
     for rank in range(mp):
         shard = {}
         for name, tensor in weights.items():
-            dim = shard_dim(name)
+            dim = embedding_split(args, mp) if name == "tok_embeddings.weight" else shard_dim(name)
             if dim is not None:
                 if tensor.shape[dim] % mp:
                     raise CheckpointError(
@@ -114,11 +120,11 @@ def load_rank_state(
                 raise CheckpointError(f"{f}: missing weight '{src}'")
 
     def full_dim(src: str) -> int | None:
-        """Split dim in the files; the embedding may be split by dim (LLaMA 1/2) or by vocab."""
+        """Split dim in the files; the embedding may be split by dim (LLaMA 1/2) or by vocab
+        (Dromedary; its slices are rounded up to a multiple of 8, so the last may be shorter)."""
         dim = shard_dim(src)
         if src == "tok_embeddings.weight" and ckpt_mp > 1:
-            rows = shards[0][src].shape[0]
-            return 0 if rows * ckpt_mp == args.vocab_size and rows != args.vocab_size else 1
+            return 0 if shards[0][src].shape[-1] == args.dim else 1
         return dim
 
     state: dict[str, torch.Tensor] = {}
@@ -142,7 +148,7 @@ def load_rank_state(
                 f"across {ckpt_mp} file(s), "
                 f"params.json implies {shape}"
             )
-        dim = shard_dim(name)
+        dim = embedding_split(args, world) if name == "tok_embeddings.weight" else shard_dim(name)
         if dim is not None and world > 1:
             if shape[dim] % world:
                 raise CheckpointError(

@@ -25,14 +25,19 @@ class LoadedModel:
 
 
 def resolve_args(model_dir: Path, tokenizer: Tokenizer) -> ModelArgs:
+    """params.json with the vocabulary size settled; padded rows (model_vocab_size) excluded.
+
+    A tokenizer larger than the model's real vocabulary would emit ids the model never learned.
+    """
     args = ModelArgs.load(model_dir / "params.json")
-    if args.vocab_size <= 0:
-        args = args.with_vocab(tokenizer.vocab_size)
-    if tokenizer.vocab_size > args.vocab_size:
+    real = args.vocab_size if args.vocab_size > 0 else args.vocab_rows
+    if real > 0 and tokenizer.vocab_size > real:
         raise CheckpointError(
             f"{tokenizer.path}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
-            f"embedding has {args.vocab_size} rows ({model_dir / 'params.json'})"
+            f"embedding has {real} rows ({model_dir / 'params.json'})"
         )
+    if args.vocab_size <= 0:
+        args = args.with_vocab(tokenizer.vocab_size)
     return args
 
 

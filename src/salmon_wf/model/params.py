@@ -30,10 +30,29 @@ class ModelArgs:
     rope_theta: float = 10000.0
     max_seq_len: int = 2048
     tie_word_embeddings: bool = False
+    # Dromedary's "expanded" shards (65B/70B on MP 3, 5, 6, 12...): q/k/v widened with whole zero
+    # heads to qkv_dim, the FFN zero-padded to ffn_dim, embedding/output rows to model_vocab_size.
+    qkv_dim: int | None = None
+    ffn_dim: int | None = None
+    model_vocab_size: int | None = None
+
+    @property
+    def attn_heads(self) -> int:
+        """Query heads the weights hold: n_heads, or the zero-padded heads of qkv_dim."""
+        if self.qkv_dim is not None:
+            return self.qkv_dim // self.head_dim
+        return self.n_heads
 
     @property
     def kv_heads(self) -> int:
+        if self.qkv_dim is not None:  # expanded shards repeat KV: plain multi-head attention
+            return self.attn_heads
         return self.n_kv_heads or self.n_heads
+
+    @property
+    def vocab_rows(self) -> int:
+        """Embedding / LM-head rows; rows past vocab_size are padding and never a token."""
+        return self.model_vocab_size or self.vocab_size
 
     @property
     def head_dim(self) -> int:
@@ -42,6 +61,8 @@ class ModelArgs:
     @property
     def ffn_hidden_dim(self) -> int:
         """SwiGLU width: Meta's rule (2/3 of 4*dim, scaled, rounded up to multiple_of)."""
+        if self.ffn_dim is not None:
+            return self.ffn_dim
         if self.hidden_dim is not None:
             return self.hidden_dim
         hidden = int(2 * (4 * self.dim) / 3)
@@ -66,10 +87,11 @@ class ModelArgs:
             raise CheckpointError(
                 f"{source}: dim {args.dim} not divisible by n_heads {args.n_heads}"
             )
-        if args.n_heads % args.kv_heads:
+        if args.attn_heads % args.kv_heads:
             raise CheckpointError(
                 f"{source}: n_heads {args.n_heads} not divisible by n_kv_heads {args.kv_heads}"
             )
+        _check_expanded(args, source)
         return args
 
     @classmethod
@@ -84,3 +106,25 @@ class ModelArgs:
         if not isinstance(raw, dict):
             raise CheckpointError(f"{path}: expected a JSON object")
         return cls.from_dict(raw, str(path))
+
+
+def _check_expanded(args: ModelArgs, source: str) -> None:
+    """Dromedary's padded sizes must hold the real model: whole heads, no shrinking."""
+    if args.qkv_dim is not None:
+        if args.n_kv_heads not in (None, args.n_heads):
+            raise CheckpointError(
+                f"{source}: qkv_dim with n_kv_heads {args.n_kv_heads}: expanded shards repeat "
+                f"the KV heads to n_heads {args.n_heads}"
+            )
+        if args.qkv_dim < args.dim or args.qkv_dim % args.head_dim:
+            raise CheckpointError(
+                f"{source}: qkv_dim {args.qkv_dim} must be at least dim {args.dim} and a "
+                f"multiple of the head size {args.head_dim}"
+            )
+    if args.ffn_dim is not None and args.ffn_dim < 1:
+        raise CheckpointError(f"{source}: ffn_dim {args.ffn_dim} must be positive")
+    if args.model_vocab_size is not None and args.model_vocab_size < args.vocab_size:
+        raise CheckpointError(
+            f"{source}: model_vocab_size {args.model_vocab_size} is below vocab_size "
+            f"{args.vocab_size}"
+        )

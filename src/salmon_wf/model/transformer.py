@@ -18,9 +18,11 @@ from fairscale.nn.model_parallel.layers import (
     ColumnParallelLinear,
     ParallelEmbedding,
     RowParallelLinear,
+    VocabParallelEmbedding,
 )
 from torch import nn
 
+from salmon_wf.model.checkpoint import embedding_split
 from salmon_wf.model.params import CheckpointError, ModelArgs
 
 
@@ -148,17 +150,17 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         mp = mp_init.get_model_parallel_world_size()
-        if args.n_heads % mp or args.kv_heads % mp:
+        if args.attn_heads % mp or args.kv_heads % mp:
             raise CheckpointError(
-                f"model-parallel size {mp} must divide n_heads {args.n_heads} "
+                f"model-parallel size {mp} must divide n_heads {args.attn_heads} "
                 f"and n_kv_heads {args.kv_heads}"
             )
-        self.local_heads = args.n_heads // mp
+        self.local_heads = args.attn_heads // mp
         self.local_kv_heads = args.kv_heads // mp
         self.head_dim = args.head_dim
         hd = args.head_dim
         self.wq = ColumnParallelLinear(
-            args.dim, args.n_heads * hd, bias=False, gather_output=False, init_method=_keep
+            args.dim, args.attn_heads * hd, bias=False, gather_output=False, init_method=_keep
         )
         self.wk = ColumnParallelLinear(
             args.dim, args.kv_heads * hd, bias=False, gather_output=False, init_method=_keep
@@ -167,7 +169,7 @@ class Attention(nn.Module):
             args.dim, args.kv_heads * hd, bias=False, gather_output=False, init_method=_keep
         )
         self.wo = RowParallelLinear(
-            args.n_heads * hd, args.dim, bias=False, input_is_parallel=True, init_method=_keep
+            args.attn_heads * hd, args.dim, bias=False, input_is_parallel=True, init_method=_keep
         )
 
     def forward(
@@ -243,11 +245,13 @@ class Transformer(nn.Module):
         if args.vocab_size <= 0:
             raise CheckpointError("vocab_size must be known (from params.json or the tokenizer)")
         self.args = args
-        self.tok_embeddings = ParallelEmbedding(args.vocab_size, args.dim, init_method=_keep)
+        rows, mp = args.vocab_rows, mp_init.get_model_parallel_world_size()
+        embedding = ParallelEmbedding if embedding_split(args, mp) == 1 else VocabParallelEmbedding
+        self.tok_embeddings = embedding(rows, args.dim, init_method=_keep)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = ColumnParallelLinear(
-            args.dim, args.vocab_size, bias=False, gather_output=True, init_method=_keep
+            args.dim, rows, bias=False, gather_output=True, init_method=_keep
         )
         self.local_kv_heads = self.layers[0].attention.local_kv_heads if args.n_layers else 0
         self.rotary = Rotary(args.head_dim, max(args.max_seq_len, 1) * 2, args.rope_theta)
@@ -274,7 +278,8 @@ class Transformer(nn.Module):
         start_pos: per-row position of tokens[:, 0] (ints or [B] tensor). With a cache, the keys and
         values are written at those positions of `cache_rows` (default rows 0..B-1) and attention
         sees every earlier position of the row. logits_at: [B] index into T; only those positions
-        go through the LM head (returns [B, V]); None returns [B, T, V].
+        go through the LM head (returns [B, V]); None returns [B, T, V]. V is vocab_rows: callers
+        cut padded rows (Dromedary's model_vocab_size) before choosing or scoring a token.
         """
         bsz, seqlen = tokens.shape
         device = tokens.device
@@ -312,7 +317,7 @@ def body_flops_per_token(args: ModelArgs, context: int) -> float:
     Used for prefill FLOP/s figures; the LM head is excluded (prefill applies it once per row).
     """
     hd = args.head_dim
-    proj = 2 * args.dim * (args.n_heads * hd + 2 * args.kv_heads * hd + args.n_heads * hd)
+    proj = 2 * args.dim * (args.attn_heads * hd + 2 * args.kv_heads * hd + args.attn_heads * hd)
     ffn = 2 * 3 * args.dim * args.ffn_hidden_dim
-    attn = 2 * 2 * args.n_heads * hd * context
+    attn = 2 * 2 * args.attn_heads * hd * context
     return float(args.n_layers * (proj + ffn + attn))
