@@ -1,12 +1,13 @@
 """Aggregation benchmark: `salmon-wf aggregate` on synthetic pairs x 11 principles.
 
-The inputs are what the workflow feeds the stage: two response files in the sample stage's
-record format and a judgments file in the judge stage's (11 lines per pair, full float
-precision). Texts are synthetic and short: instructions of 8-30 words, responses of 16-96 words
-(~330 characters on average, about a quarter of a real 100-700-token response); every text
-starts with its own random words, so every head the language identifier reads is distinct (as in
-real data). About 3% of responses start with "As an AI language model" and about 3% of texts are
-German-like, so both rules fire. Scores are correlated logits, so most (s12, s21) agree in sign.
+The inputs are what the workflow feeds the stage: the pair stage's pairs.jsonl (the two runs'
+responses joined by id) and pairs.summary.json, and a judgments file in the judge stage's format
+(11 lines per pair, full float precision). Texts are synthetic and short: instructions of 8-30
+words, responses of 16-96 words (~330 characters on average, about a quarter of a real
+100-700-token response); every text starts with its own random words, so every head the language
+identifier reads is distinct (as in real data). About 3% of responses start with "As an AI
+language model" and about 3% of texts are German-like, so both rules fire. Scores are
+correlated logits, so most (s12, s21) agree in sign.
 
 The stage runs as a subprocess, as the workflow's rule runs it (--workers 2). Time is wall
 clock; memory is the larger of the peak summed RSS of the stage and its language-identification
@@ -67,34 +68,37 @@ def _texts(rng: np.random.Generator, n: int, lo: int, hi: int, tag: str) -> list
 def generate(
     directory: Path, pairs: int, seed: int = 0, response_words: tuple[int, int] = (16, 96)
 ) -> dict[str, Path]:
-    """Write run0.jsonl, run1.jsonl and judgments.jsonl for `pairs` pairs (chunked)."""
+    """Write pairs.jsonl, pairs.summary.json and judgments.jsonl for `pairs` pairs (chunked)."""
     rng = np.random.default_rng(seed)
     dims = [p["dimension"] for p in json.loads(PRINCIPLES.read_text())]
-    paths = {name: directory / f"{name}.jsonl" for name in ("run0", "run1", "judgments")}
+    paths = {name: directory / f"{name}.jsonl" for name in ("pairs", "judgments")}
+    paths["summary"] = directory / "pairs.summary.json"
+    dropped = {"only_in_one_run": 0, "skipped_generation": 0, "too_short": 0}
+    summary = {"pairs": pairs} | dropped | {"dropped": dropped, "min_chars": 16}
+    paths["summary"].write_text(json.dumps(summary))
     dim_json = [json.dumps(d) for d in dims]
-    with (
-        paths["run0"].open("w") as run0,
-        paths["run1"].open("w") as run1,
-        paths["judgments"].open("w") as judged,
-    ):
+    with paths["pairs"].open("w") as paired, paths["judgments"].open("w") as judged:
         for start in range(0, pairs, CHUNK):
             n = min(CHUNK, pairs - start)
             ids = [f"oasst-{start + i:08d}" for i in range(n)]
             instructions = _texts(rng, n, 8, 30, "Q")
-            for handle, tag in ((run0, "R"), (run1, "S")):
+            outputs = []
+            for tag in ("R", "S"):  # run 0's and run 1's responses
                 responses = _texts(rng, n, *response_words, tag)
                 ai = rng.random(n) < 0.03
-                lines = []
-                for i in range(n):
-                    text = AI_PHRASE + responses[i] if ai[i] else responses[i]
-                    t = json.dumps(text)
-                    lines.append(
-                        f'{{"id": "{ids[i]}", "instruction": {json.dumps(instructions[i])}, '
-                        f'"input": "", "generation": {t}, "response": {t}, '
-                        f'"finish_reason": "eos", "n_prompt_tokens": 0, '
-                        f'"n_generated_tokens": 0, "truncated": false}}\n'
-                    )
-                handle.write("".join(lines))
+                outputs.append(
+                    [
+                        json.dumps(AI_PHRASE + r if a else r)
+                        for r, a in zip(responses, ai, strict=True)
+                    ]
+                )
+            paired.write(
+                "".join(
+                    f'{{"id": "{ids[i]}", "instruction": {json.dumps(instructions[i])}, '
+                    f'"input": "", "output_1": {outputs[0][i]}, "output_2": {outputs[1][i]}}}\n'
+                    for i in range(n)
+                )
+            )
             quality = rng.normal(0, 1, (n, 1, 1)) + rng.normal(0, 1, (n, len(dims), 1))
             noise = rng.normal(0, 1, (n, len(dims), 4))
             logits = (noise * 2 + np.concatenate([quality, -quality] * 2, axis=2)).astype(
@@ -119,7 +123,7 @@ def generate(
 def stage_args(out: Path, paths: dict[str, Path]) -> list[str]:
     """`aggregate` and its arguments, as the workflow's rule passes them (--workers 2)."""
     out.mkdir(exist_ok=True)
-    argv = ["aggregate", "--responses", str(paths["run0"]), str(paths["run1"])]
+    argv = ["aggregate", "--pairs", str(paths["pairs"]), "--pairs-summary", str(paths["summary"])]
     argv += ["--judgments", str(paths["judgments"]), "--principles", str(PRINCIPLES)]
     argv += ["--output", str(out / "preferences.json")]
     argv += ["--output-jsonl", str(out / "preferences.jsonl")]

@@ -1,11 +1,14 @@
 # Stage 4: SALMON's aggregation into reward-model training data (+ a JSONL copy and stats).
+# It reads the pair stage's pairs (its texts) and summary (pairs dropped before judging, by reason).
 
 
 rule aggregate:
     input:
-        responses=[ancient(f"{RESULTS}/responses/{run}.jsonl") for run in RUNS],
+        pairs=ancient(f"{RESULTS}/pairs.jsonl"),
+        pairs_summary=ancient(f"{RESULTS}/pairs.summary.json"),
         judgments=f"{RESULTS}/judgments.jsonl",
         principles=config["judge"]["principles"],
+        langid_model=config["aggregate"].get("langid_model") or [],
     output:
         json=f"{RESULTS}/preferences.json",
         jsonl=f"{RESULTS}/preferences.jsonl",
@@ -24,7 +27,8 @@ rule aggregate:
         salmon=SALMON,
         options=flags(config["aggregate"]),
     shell:
-        "{params.salmon} aggregate --responses {input.responses:q} --judgments {input.judgments:q}"
+        "{params.salmon} aggregate --pairs {input.pairs:q} --pairs-summary {input.pairs_summary:q}"
+        " --judgments {input.judgments:q}"
         " --principles {input.principles:q} --output {output.json:q}"
         " --output-jsonl {output.jsonl:q} --stats {output.stats:q}"
         " {params.options} --workers {threads} > {log:q} 2>&1"

