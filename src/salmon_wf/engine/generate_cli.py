@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from salmon_wf.engine.chat import STYLES, format_prompt
+from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
 from salmon_wf.model.loader import DTYPES, load_model
 from salmon_wf.model.parallel import setup_model_parallel
@@ -34,8 +34,11 @@ def run(args: argparse.Namespace) -> int:
     ctx = setup_model_parallel(args.device)
     loaded = load_model(args.model, ctx, dtype=args.dtype, tokenizer_path=args.tokenizer)
     tokenizer = loaded.tokenizer
-    text = format_prompt(args.style, args.prompt, meta_prompt=args.system)
-    ids = tokenizer.encode(text, bos=tokenizer.add_bos and args.style != "chatml")
+    if args.style == "chat_template":
+        ids = encode_chat(tokenizer, args.prompt, meta_prompt=args.system)
+    else:
+        text = format_prompt(args.style, args.prompt, meta_prompt=args.system)
+        ids = tokenizer.encode(text, bos=tokenizer.add_bos and args.style != "chatml")
     params = SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,
