@@ -4,6 +4,7 @@ import shlex
 import sys
 
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from salmon_wf.workflow import (
@@ -11,6 +12,7 @@ from salmon_wf.workflow import (
     ease_garbage_collection,
     flags,
     group_shape,
+    resolve_salmon_prompts,
     run_settings,
     slurm_resources,
 )
@@ -22,6 +24,10 @@ SCHEMA_PATH = workflow.source_path("../schemas/config.schema.yaml")
 validate(config, SCHEMA_PATH, set_default=True)
 with open(SCHEMA_PATH) as schema_file:
     SCHEMA = yaml.safe_load(schema_file)
+try:
+    resolve_salmon_prompts(config, SCHEMA)
+except ValueError as error:
+    raise WorkflowError(str(error)) from None
 
 RESULTS = config["results_dir"]
 MODELS = config["models_dir"]
@@ -92,6 +98,7 @@ def sample_args(run):
     cfg = run_cfg(run)
     keep = ("seed", "temperature", "top_p", "max_new_tokens", "stop", "style")
     keep += ("meta_prompt", "batch_size", "long_prompt_policy")
+    keep += ("cut_at", "window", "max_shared_seq_len")
     return flags({k: cfg[k] for k in keep} | {"label": run})
 
 
@@ -99,7 +106,7 @@ def sample_args(run):
 def judge_args():
     cfg = config["judge"]
     keep = ("answer_context", "choices", "max_rows")
-    keep += ("long_prompt_policy",)
+    keep += ("long_prompt_policy", "max_length")
     options = {k: cfg[k] for k in keep}
     return flags(options) + ("" if cfg["add_bos"] else " --no-bos")
 

@@ -41,8 +41,10 @@ rule pair_responses:
     params:
         salmon=SALMON,
         min_chars=config["judge"]["min_chars"],
+        min_chars_of=config["judge"]["min_chars_of"],
     shell:
         "{params.salmon} pair --responses {input.responses:q} --min-chars {params.min_chars}"
+        " --min-chars-of {params.min_chars_of}"
         " --output {output.pairs:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
@@ -54,7 +56,8 @@ rule judge_shard:
         principles=config["judge"]["principles"],
         template=config["judge"]["template"],
     output:
-        f"{RESULTS}/judgments/shard-{{i}}-of-{{n}}.jsonl",
+        judgments=f"{RESULTS}/judgments/shard-{{i}}-of-{{n}}.jsonl",
+        summary=f"{RESULTS}/judgments/shard-{{i}}-of-{{n}}.summary.json",
     log:
         "logs/judge/shard-{i}-of-{n}.log",
     benchmark:
@@ -68,7 +71,8 @@ rule judge_shard:
         command=judge_command,
     shell:
         "{params.command} --pairs {input.pairs:q} --principles {input.principles:q}"
-        " --template {input.template:q} --output {output:q} > {log:q} 2>&1"
+        " --template {input.template:q} --output {output.judgments:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule gather_judgments:
@@ -79,8 +83,13 @@ rule gather_judgments:
             f"{RESULTS}/judgments/shard-{{i}}-of-{{n}}.jsonl",
             config["judge"]["shards"],
         ),
+        summaries=shard_paths(
+            f"{RESULTS}/judgments/shard-{{i}}-of-{{n}}.summary.json",
+            config["judge"]["shards"],
+        ),
     output:
-        f"{RESULTS}/judgments.jsonl",
+        judgments=f"{RESULTS}/judgments.jsonl",
+        summary=f"{RESULTS}/judgments.summary.json",
     log:
         "logs/gather_judgments.log",
     benchmark:
@@ -94,4 +103,5 @@ rule gather_judgments:
         salmon=SALMON,
     shell:
         "{params.salmon} gather --prompts {input.prompts:q} --principles {input.principles:q}"
-        " --shards {input.shards:q} --output {output:q} > {log:q} 2>&1"
+        " --shards {input.shards:q} --output {output.judgments:q}"
+        " --summaries {input.summaries:q} --summary {output.summary:q} > {log:q} 2>&1"

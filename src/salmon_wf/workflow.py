@@ -71,6 +71,44 @@ def run_settings(config: dict[str, Any], schema: dict[str, Any], run: str) -> di
     )
 
 
+# SALMON's texts in its repository's prompts/ folder, and the config keys they fill.
+SALMON_PROMPTS = {
+    ("sampling", "defaults", "meta_prompt"): "dromedary_inference_prompt.txt",
+    ("judge", "template"): "synthetic_preference_prompt.txt",
+    ("judge", "principles"): "principles/principle_collection_rm.json",
+}
+
+
+def resolve_salmon_prompts(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Fill the three text paths from `salmon_prompts_dir`; fail, naming them, when any is empty.
+
+    SALMON's meta prompt, judging template and principle file are not ours to ship, so the
+    SALMON preset leaves their paths empty and the user points at a SALMON checkout.
+    """
+    folder = config.get("salmon_prompts_dir")
+    if folder:
+        absent = [name for name in SALMON_PROMPTS.values() if not (Path(folder) / name).is_file()]
+        if absent:
+            raise ValueError(f"salmon_prompts_dir {folder}: no {', '.join(absent)} in it")
+        for (*parents, key), name in SALMON_PROMPTS.items():
+            node = config
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[key] = str(Path(folder) / name)
+    empty = [k for k in ("template", "principles") if not config["judge"].get(k)]
+    empty = [f"judge.{k}" for k in empty]
+    for run in config["sampling"]["runs"]:
+        if not run_settings(config, schema, run).get("meta_prompt"):
+            empty.append(f"the meta prompt of run {run} (sampling.defaults.meta_prompt)")
+    if empty:
+        names = ", ".join(SALMON_PROMPTS.values())
+        raise ValueError(
+            f"unset: {'; '.join(empty)}. SALMON's own texts are not shipped with salmon-wf: "
+            f"set salmon_prompts_dir to the prompts/ folder of a SALMON checkout "
+            f"(github.com/IBM/SALMON; it holds {names}), or set those keys to your own files."
+        )
+
+
 def semantic(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in LAYOUT_KEYS}
 
@@ -122,12 +160,15 @@ class Recipes:
     @functools.cache  # noqa: B019 - one Recipes per workflow run
     def pairs(self) -> str:
         runs = [self.sample(r) for r in self.config["sampling"]["runs"]]
-        return digest({"min_chars": self.config["judge"]["min_chars"], "runs": runs})
+        judge = self.config["judge"]
+        filter_ = {"min_chars": judge["min_chars"], "of": judge["min_chars_of"]}
+        return digest(filter_ | {"runs": runs})
 
     @functools.cache  # noqa: B019 - one Recipes per workflow run
     def judge(self) -> str:
         cfg = semantic(self.config["judge"])
         cfg.pop("min_chars")  # in the pairs' fingerprint
+        cfg.pop("min_chars_of")
         stamps = {k: file_stamp(cfg[k]) for k in ("principles", "template")}
         return digest({"judge": cfg, "stamps": stamps, "pairs": self.pairs()})
 

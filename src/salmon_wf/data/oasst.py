@@ -6,11 +6,16 @@ message per line) are the flat layout; "trees" is one tree per line
 "replies" nested. Every reader yields `Message`s, so later stages never care where data came from.
 Gzip is detected from the file's magic bytes, not its name. Malformed input raises
 `OasstFormatError` naming the file, the line (or parquet row) and the field.
+
+Splits: the HF dataset holds `train` and `validation` parquet files (SALMON reads train only).
+A file's split is told by its name (train-00000-of-00001-....parquet) or a folder's name
+(train/...); the flat and tree jsonl exports hold both splits mixed and cannot be split.
 """
 
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +24,7 @@ from typing import Any, TextIO
 from salmon_wf.data.jsonl import parse_record
 
 LAYOUTS = ("parquet", "messages", "nested", "trees")
+SPLITS = ("train", "validation")
 ROLES = ("prompter", "assistant")
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_MAGIC = b"PAR1"
@@ -64,6 +70,61 @@ def _parquet_files(path: Path) -> list[Path]:
             raise OasstFormatError(f"{path}: folder holds no *.parquet files")
         return files
     return [path]
+
+
+def split_of(path: Path, root: Path | None = None) -> str | None:
+    """The split a file's name (or a folder's under `root`) names, or None."""
+    parts = path.relative_to(root).parts if root is not None and root != path else (path.name,)
+    for part in reversed(parts):
+        words = set(re.split(r"[-_.]", part.lower()))
+        named = [s for s in SPLITS if s in words]
+        if len(named) == 1:
+            return named[0]
+    return None
+
+
+@dataclass(frozen=True)
+class SplitChoice:
+    """What a split request selected: the files read and whether the split could be told."""
+
+    requested: str
+    files: tuple[Path, ...]
+    told: bool  # False: the input's split cannot be told from it, so every message is read
+    note: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        files = [str(f) for f in self.files]
+        return {"requested": self.requested, "told": self.told, "files": files, "note": self.note}
+
+
+def choose_split(path: str | Path, layout: str, split: str = "all") -> SplitChoice:
+    """The files of `split` ("all": every file) in an OASST1 input of `layout`."""
+    path = Path(path)
+    if split not in ("all", *SPLITS):
+        raise ValueError(f"unknown split {split!r}; expected all or one of {SPLITS}")
+    if layout != "parquet":
+        note = (
+            ""
+            if split == "all"
+            else (
+                f"{layout} jsonl exports mix the train and validation splits; the split cannot be "
+                "told from the file, so every message was read"
+            )
+        )
+        return SplitChoice(split, (path,), told=split == "all", note=note)
+    files = _parquet_files(path)
+    if split == "all":
+        return SplitChoice(split, tuple(files), told=True)
+    root = path if path.is_dir() else None
+    named = {f: split_of(f, root) for f in files}
+    if all(s is None for s in named.values()):
+        note = f"no file name tells its split; every file was read ({len(files)})"
+        return SplitChoice(split, tuple(files), told=False, note=note)
+    chosen = tuple(f for f in files if named[f] == split)
+    if not chosen:
+        found = ", ".join(f"{f.name} ({named[f] or 'unknown'})" for f in files)
+        raise OasstFormatError(f"{path}: no parquet file of split {split!r} (files: {found})")
+    return SplitChoice(split, chosen, told=True)
 
 
 def _first_record(path: Path) -> tuple[int, Any] | None:
@@ -194,10 +255,10 @@ def _read_jsonl(path: Path, layout: str) -> Iterator[Message]:
                 yield to_message(record, where)
 
 
-def _read_parquet(path: Path) -> Iterator[Message]:
+def _read_parquet(files: list[Path]) -> Iterator[Message]:
     import pyarrow.parquet as pq  # only parquet input pays for the import
 
-    for file in _parquet_files(path):
+    for file in files:
         try:
             parquet = pq.ParquetFile(file)
         except Exception as exc:  # pyarrow raises several types for a bad file
@@ -209,8 +270,8 @@ def _read_parquet(path: Path) -> Iterator[Message]:
                 row += 1
 
 
-def read_messages(path: str | Path, layout: str = "auto") -> Iterator[Message]:
-    """Every message of an OASST1 file or folder, flat, in file order (layout auto-detected)."""
+def read_messages(path: str | Path, layout: str = "auto", split: str = "all") -> Iterator[Message]:
+    """Every message of an OASST1 file or folder (of `split`), flat, in file order."""
     path = Path(path)
     if layout == "auto":
         layout = detect_layout(path)
@@ -219,7 +280,7 @@ def read_messages(path: str | Path, layout: str = "auto") -> Iterator[Message]:
     if not path.exists():
         raise OasstFormatError(f"{path}: no such file or folder")
     if layout == "parquet":
-        return _read_parquet(path)
+        return _read_parquet(list(choose_split(path, layout, split).files))
     if path.is_dir():
         raise OasstFormatError(f"{path}: a folder is only read as parquet")
     return _read_jsonl(path, layout)

@@ -40,6 +40,7 @@ class Request:
     key: str  # stable id: seeds the prompt's random stream
     prompt_ids: list[int]
     max_new_tokens: int | None = None  # this prompt's own budget (default: the run's)
+    max_len: int | None = None  # this prompt's context: prompt + generation (default: sampler's)
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,10 @@ class Sampler:
     def generate(self, requests: Iterable[Request], params: SamplingParams) -> Iterator[Completion]:
         """Yield completions as they finish (not in input order)."""
         model, device = self.model, self.model.device
-        cache = KVCache.allocate(model, self.max_batch, self.max_seq_len)
         pending = deque(requests)
+        # Rows never grow past their own limit: a cache as long as the longest one is enough.
+        longest = max((self._limit(r) for r in pending), default=self.max_seq_len)
+        cache = KVCache.allocate(model, self.max_batch, longest)
         slots: list[_Slot | None] = [None] * self.max_batch
         stop_ids = self.tokenizer.stop_ids
         while pending or any(slots):
@@ -190,9 +193,13 @@ class Sampler:
                     slots[i] = None
                     yield self._finish(slot, stop_ids, params)
 
+    def _limit(self, request: Request) -> int:
+        return min(request.max_len or self.max_seq_len, self.max_seq_len)
+
     def _admit(self, request: Request, params: SamplingParams) -> _Slot | None:
         self.stats["prompts"] += 1
-        room = self.max_seq_len - 1  # at least one new token must fit
+        limit = self._limit(request)
+        room = limit - 1  # at least one new token must fit
         keep = len(self.prefix) if request.prompt_ids[: len(self.prefix)] == self.prefix else 1
         fitted = fit_prompt(request.prompt_ids, room, self.policy, keep_head=keep)
         if fitted.ids is None or not fitted.ids:
@@ -201,7 +208,7 @@ class Sampler:
         self.stats["truncated"] += int(fitted.truncated)
         gen = torch.Generator().manual_seed(prompt_seed(params.seed, request.key))
         wanted = request.max_new_tokens or params.max_new_tokens
-        budget = min(wanted, params.max_new_tokens, self.max_seq_len - len(fitted.ids))
+        budget = min(wanted, params.max_new_tokens, limit - len(fitted.ids))
         return _Slot(
             request=request,
             prompt_ids=fitted.ids,

@@ -2,14 +2,17 @@
 
 The gathered bytes do not depend on the shard count or on the order in which prompts finished.
 Responses must cover every prompt exactly once; a duplicate record is an error naming its file.
+Shard summaries (the judge's counts of judged, skipped and truncated work) are merged into one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
-from salmon_wf.data.jsonl import RecordError, read_jsonl, write_jsonl
+from salmon_wf.data.jsonl import RecordError, read_jsonl, write_json, write_jsonl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +22,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--principles", type=Path, help="principle file: judgments are sorted in its order"
     )
+    parser.add_argument("--summaries", nargs="+", type=Path, help="shard summaries to merge")
+    parser.add_argument("--summary", type=Path, help="merged summary (with --summaries)")
+
+
+def merge_summaries(paths: list[Path]) -> dict[str, Any]:
+    """Counts summed, lists joined in shard order; other values (settings) must agree."""
+    merged: dict[str, Any] = {"shards": len(paths)}
+    for path in paths:
+        for key, value in json.loads(path.read_text(encoding="utf-8")).items():
+            if key not in merged:
+                merged[key] = value
+            elif isinstance(value, bool) or not isinstance(value, int | list):
+                if merged[key] != value:
+                    raise RecordError(
+                        f"{path}: {key} is {value!r}, another shard's {merged[key]!r}"
+                    )
+            else:
+                merged[key] = merged[key] + value
+    return merged
 
 
 def gather(prompts: Path, shards: list[Path], principles: Path | None = None) -> list[dict]:
@@ -54,4 +76,10 @@ def run(args: argparse.Namespace) -> int:
     records = gather(args.prompts, args.shards, args.principles)
     count = write_jsonl(args.output, records)
     print(f"gathered {count} records from {len(args.shards)} shard(s) into {args.output}")
+    if args.summaries:
+        if args.summary is None:
+            raise SystemExit("gather: --summaries needs --summary")
+        merged = merge_summaries(args.summaries)
+        write_json(args.summary, merged)
+        print(f"summary: {merged} -> {args.summary}")
     return 0

@@ -5,6 +5,11 @@ principle and order the judging prompt is built from the template, and the model
 logits for "a" and "b" after "Output (" give SALMON's relative scores:
 s12 = logit(a) - logit(b) with A = output_1, s21 = logit(b) - logit(a) with A = output_2;
 preference 1 if both > 0, 2 if both < 0, else 0 (position-inconsistent).
+
+Judging prompts have their own limit (--max-length; SALMON: 1536 tokens, left truncation, so a
+long prompt loses its head, BOS included). A pair with a prompt that does not fit under
+--long-prompt-policy skip is not judged; each record says which of its two prompts were
+truncated, and --summary counts both, so nothing is dropped or cut silently.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import argparse
 import re
 from pathlib import Path
 
-from salmon_wf.data.jsonl import ResumableOutput
+from salmon_wf.data.jsonl import ResumableOutput, write_json
 from salmon_wf.data.principles import Principle, load_principles
 from salmon_wf.engine.prompts import fit_prompt
 from salmon_wf.engine.scorer import PrefixScorer
@@ -91,6 +96,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-bos", action="store_true", help="do not prefix prompts with BOS")
     parser.add_argument("--max-rows", type=int, default=16, help="rows of one forward batch")
+    parser.add_argument(
+        "--max-length", type=int, help="judging prompt limit in tokens (default: the context)"
+    )
+    parser.add_argument("--summary", type=Path, help="JSON counts: judged, skipped, truncated")
+
+
+def judge_limit(context: int, max_length: int | None) -> int:
+    """The judging prompt limit: --max-length, within what the model's context can run."""
+    return context if max_length is None else min(max_length, context)
+
+
+def count_truncated(records: list[dict]) -> tuple[int, int]:
+    """(judgments with a truncated prompt, truncated prompts) of judge records."""
+    flags = [r.get("truncated", [False, False]) for r in records]
+    return sum(any(f) for f in flags), sum(sum(f) for f in flags)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,23 +130,23 @@ def run(args: argparse.Namespace) -> int:
     for record in previous:
         per_pair.setdefault(record["id"], []).append(record)
     complete = {k for k, v in per_pair.items() if len(v) == len(principles)}
-    out.start([r for r in previous if r["id"] in complete])
+    kept = [r for r in previous if r["id"] in complete]
+    out.start(kept)
     todo = [p for p in pairs if p.id not in complete]
     bos = tok.add_bos and not args.no_bos
     scorer = PrefixScorer(loaded.model, args.max_rows, template_head(tok, template, bos))
-    limit = loaded.model.args.max_seq_len if args.max_seq_len is None else args.max_seq_len
+    limit = judge_limit(loaded.model.args.max_seq_len, args.max_length)
     label = f"judge shard {args.shard + 1}/{args.num_shards}"
     progress = Progress(label, len(pairs), done=len(pairs) - len(todo), enabled=ctx.is_main)
-    too_long = truncated = 0
+    skipped: list[str] = []
     n = len(principles)
     for pair in todo:  # one pair per call: its scores do not depend on its neighbours
         encoded = [tok.encode(t, bos=bos) for t in pair_prompts(pair, principles, template)]
         fitted = [fit_prompt(e, limit, args.long_prompt_policy) for e in encoded]
         progress.update()
         if any(f.ids is None for f in fitted):
-            too_long += 1
+            skipped.append(pair.id)
             continue
-        truncated += sum(f.truncated for f in fitted)
         logits = scorer.score([f.ids for f in fitted], ids).tolist()
         records = []
         for j, principle in enumerate(principles):
@@ -140,12 +160,19 @@ def run(args: argparse.Namespace) -> int:
                     "preference": decide(s12, s21),
                     "logits_12": [a12, b12],
                     "logits_21": [a21, b21],
+                    "truncated": [fitted[j].truncated, fitted[n + j].truncated],
                 }
             )
         out.append(records)
-    out.finish()
+        kept.extend(records)
     if ctx.is_main:
+        judgments, prompts = count_truncated(kept)
         summary = {"shard_pairs": len(pairs), "resumed": len(complete)}
-        summary |= {"too_long": too_long, "truncated_prompts": truncated} | scorer.stats
-        print(f"[{label}] done: {summary}", flush=True)
+        summary |= {"judged_pairs": len(pairs) - len(skipped), "skipped_pairs": len(skipped)}
+        summary |= {"truncated_judgments": judgments, "truncated_prompts": prompts}
+        summary["settings"] = {"max_length": limit, "long_prompt_policy": args.long_prompt_policy}
+        print(f"[{label}] done: {summary | scorer.stats}", flush=True)
+        if args.summary is not None:
+            write_json(args.summary, summary | {"skipped_ids": skipped})
+    out.finish()
     return 0

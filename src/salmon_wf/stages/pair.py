@@ -2,7 +2,8 @@
 
 A pair joins run 0's and run 1's record of the same prompt id (never their text), in run 0's
 order. It is dropped, and counted, when the id is in one run only, when either generation was
-skipped (prompt too long), or when either cleaned response is shorter than --min-chars.
+skipped (prompt too long), or when either text is shorter than --min-chars: the cleaned
+response (--min-chars-of clean) or, as SALMON does, the raw generation (--min-chars-of raw).
 Judge shards take pairs[i::n] of this file, so every shard agrees on the pairs and their order.
 """
 
@@ -26,10 +27,17 @@ class Pair:
     output_2: str
 
 
-def make_pairs(run0: Path, run1: Path, min_chars: int) -> tuple[list[Pair], dict[str, int]]:
+MIN_CHARS_OF = {"clean": "response", "raw": "generation"}
+
+
+def make_pairs(
+    run0: Path, run1: Path, min_chars: int, of: str = "clean"
+) -> tuple[list[Pair], dict[str, int]]:
     """Pairs in run 0's order, joined by id; counts of what was dropped and why."""
-    first = {r["id"]: r for r in read_jsonl(run0, required=RESPONSE_FIELDS)}
-    second = {r["id"]: r for r in read_jsonl(run1, required=RESPONSE_FIELDS)}
+    field = MIN_CHARS_OF[of]
+    required = (*RESPONSE_FIELDS, field)
+    first = {r["id"]: r for r in read_jsonl(run0, required=required)}
+    second = {r["id"]: r for r in read_jsonl(run1, required=required)}
     counts = {"pairs": 0, "only_in_one_run": len(first.keys() ^ second.keys())}
     counts |= {"skipped_generation": 0, "too_short": 0}
     pairs = []
@@ -39,7 +47,7 @@ def make_pairs(run0: Path, run1: Path, min_chars: int) -> tuple[list[Pair], dict
             continue
         if "skipped" in (a.get("finish_reason"), b.get("finish_reason")):
             counts["skipped_generation"] += 1
-        elif min(len(a["response"]), len(b["response"])) < min_chars:
+        elif min(len(a[field]), len(b[field])) < min_chars:
             counts["too_short"] += 1
         else:
             pairs.append(
@@ -57,17 +65,26 @@ def read_pairs(path: Path) -> list[Pair]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--responses", nargs=2, required=True, type=Path, metavar=("RUN0", "RUN1"))
     parser.add_argument("--min-chars", type=int, default=16, help="shorter responses: pair dropped")
+    parser.add_argument(
+        "--min-chars-of",
+        choices=sorted(MIN_CHARS_OF),
+        default="clean",
+        help="what --min-chars measures: the cleaned response or the raw generation (SALMON)",
+    )
     parser.add_argument("--output", required=True, type=Path, help="pairs.jsonl")
     parser.add_argument("--summary", type=Path, help="JSON file of the counts")
 
 
 def run(args: argparse.Namespace) -> int:
-    pairs, counts = make_pairs(args.responses[0], args.responses[1], args.min_chars)
+    pairs, counts = make_pairs(
+        args.responses[0], args.responses[1], args.min_chars, args.min_chars_of
+    )
     write_jsonl(args.output, (asdict(p) for p in pairs))
     if args.summary is not None:
         # "dropped": every count but "pairs" is a reason a pair was dropped before judging
         # (the aggregation reports them under these names).
         dropped = {reason: n for reason, n in counts.items() if reason != "pairs"}
-        write_json(args.summary, counts | {"dropped": dropped, "min_chars": args.min_chars})
+        settings = {"min_chars": args.min_chars, "min_chars_of": args.min_chars_of}
+        write_json(args.summary, counts | {"dropped": dropped} | settings)
     print(f"pair: {counts} -> {args.output}", flush=True)
     return 0

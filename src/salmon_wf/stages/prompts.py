@@ -11,6 +11,10 @@ A prompt's id is "oasst-" + the first 16 hex digits of sha1(message_id): it depe
 alone, never on file order or layout. Texts are stripped; lengths and duplicates use the stripped
 text; among duplicates the one with the smallest id is kept. Records are sorted by id, so every
 layout of the same messages gives byte-identical output.
+
+Only the train split is read by default (as SALMON, which loads oasst1["train"]), when the
+input tells its split (HF parquet files by name); the summary's "split" says what was read and
+says so when the input (a jsonl export, which mixes both splits) cannot be split.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from salmon_wf.data.jsonl import write_json, write_jsonl
-from salmon_wf.data.oasst import LAYOUTS, Message, OasstFormatError, detect_layout, read_messages
+from salmon_wf.data.oasst import (
+    LAYOUTS,
+    SPLITS,
+    Message,
+    OasstFormatError,
+    choose_split,
+    detect_layout,
+    read_messages,
+)
 
 DROP_REASONS = (
     "not_prompter",
@@ -137,6 +149,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="prompts.jsonl to write")
     parser.add_argument("--summary", type=Path, help="JSON summary to write (counts, drops)")
     parser.add_argument("--format", choices=("auto", *LAYOUTS), default="auto")
+    parser.add_argument(
+        "--split",
+        choices=(*SPLITS, "all"),
+        default="train",
+        help="OASST1 split to read, told by file name (SALMON: train)",
+    )
     parser.add_argument("--drop-deleted", action=toggle, default=defaults.drop_deleted)
     parser.add_argument("--drop-review-failed", action=toggle, default=defaults.drop_review_failed)
     parser.add_argument(
@@ -172,11 +190,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         layout = detect_layout(args.input) if args.format == "auto" else args.format
-        records, stats = clean_prompts(read_messages(args.input, layout), options)
+        split = choose_split(args.input, layout, args.split)
+        records, stats = clean_prompts(read_messages(args.input, layout, args.split), options)
     except (OasstFormatError, ValueError) as exc:
         print(f"clean-prompts: error: {exc}", file=sys.stderr)
         return 1
-    summary = {"input": str(args.input), "layout": layout, **stats, "options": asdict(options)}
+    summary = {"input": str(args.input), "layout": layout, "split": split.summary(), **stats}
+    summary["options"] = asdict(options)
+    if split.note:
+        print(f"clean-prompts: split {args.split}: {split.note}", file=sys.stderr)
     write_jsonl(args.output, records)
     if args.summary is not None:
         write_json(args.summary, summary)

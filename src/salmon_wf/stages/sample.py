@@ -4,6 +4,13 @@ Shard i of n takes prompts[i::n]. Each finished prompt is appended as one JSON l
 rerun after a crash or kill resumes after the last complete line. A record: id, instruction,
 input, generation (raw text), response (cut at the first stop string, stripped),
 finish_reason, n_prompt_tokens, n_generated_tokens, truncated.
+
+The context window is SALMON's (Dromedary's generate): with --window W and --max-shared-seq-len
+S, a prompt's tokens after the shared meta prefix (at most S of its leading tokens that every
+prompt shares) plus its generation fit in W tokens. The shared prefix is found per prompt
+against the meta prompt's own tokens, not per batch as in Dromedary, so a prompt's budget does
+not depend on its neighbours. A prompt that leaves no room is skipped (SALMON's run then
+decodes nothing for it, and the pair falls to the length filter).
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ import argparse
 from pathlib import Path
 
 from salmon_wf.data.jsonl import ResumableOutput, read_jsonl
-from salmon_wf.engine.chat import STYLES, format_prompt
+from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
 from salmon_wf.engine.prompts import common_prefix
 from salmon_wf.engine.sampler import Completion, Request, Sampler, SamplingParams
+from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.stages.common import Progress, add_model_arguments, barrier, shard_items, start_rank
 
 MIN_SHARED_PREFIX = 8  # tokens: below this a prefix cache is not worth a copy
@@ -29,6 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=768)
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    parser.add_argument(
+        "--cut-at",
+        action="append",
+        default=None,
+        help="the response is the generation cut at the first of these (default: the stops)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="prompt after the shared prefix + generation, in tokens (SALMON's max_seq_len)",
+    )
+    parser.add_argument(
+        "--max-shared-seq-len",
+        type=int,
+        default=0,
+        help="shared leading tokens kept outside the window (SALMON: 640; 0: none)",
+    )
     parser.add_argument("--style", choices=STYLES, default="dromedary")
     parser.add_argument("--meta-prompt", type=Path, help="text file put before every prompt")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once")
@@ -53,13 +78,41 @@ def render(style: str, prompt: dict, meta: str) -> str:
     return format_prompt(style, prompt["instruction"], prompt.get("input", ""), meta)
 
 
-def to_record(prompt: dict, completion: Completion, stops: tuple[str, ...]) -> dict:
+def uses_bos(style: str, tok: Tokenizer) -> bool:
+    """Dromedary prompts always start with BOS (SALMON encodes with bos=True); chatml never."""
+    if style == "dromedary":
+        return tok.bos_id is not None
+    return style != "chatml" and tok.add_bos
+
+
+def encode_prompt(tok: Tokenizer, style: str, prompt: dict, meta: str) -> list[int]:
+    """The token ids the model is given for one prompt record."""
+    if style == "chat_template":
+        return encode_chat(tok, prompt["instruction"], prompt.get("input", ""), meta)
+    return tok.encode(render(style, prompt, meta), bos=uses_bos(style, tok))
+
+
+def context_limit(
+    ids: list[int], meta_ids: list[int], window: int | None, max_shared: int
+) -> int | None:
+    """SALMON's per-prompt context: the shared leading tokens (at most `max_shared`) + window.
+
+    `meta_ids` is the encoding of the prompt format with an empty instruction; what a prompt
+    shares with it is what every prompt of the run shares (BOS, the meta prompt).
+    """
+    if window is None:
+        return None
+    shared = len(common_prefix([ids, meta_ids])) if max_shared > 0 else 0
+    return min(shared, max_shared) + window
+
+
+def to_record(prompt: dict, completion: Completion, cuts: tuple[str, ...]) -> dict:
     return {
         "id": prompt["id"],
         "instruction": prompt["instruction"],
         "input": prompt.get("input", ""),
         "generation": completion.text,
-        "response": clean_response(completion.text, stops),
+        "response": clean_response(completion.text, cuts),
         "finish_reason": completion.finish_reason,
         "n_prompt_tokens": completion.n_prompt_tokens,
         "n_generated_tokens": len(completion.token_ids),
@@ -72,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         list(read_jsonl(args.prompts, required=("id", "instruction"))), args.shard, args.num_shards
     )
     stops = tuple(["###"] if args.stop is None else args.stop)
+    cuts = stops if args.cut_at is None else tuple(args.cut_at)
     params = SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,
@@ -88,11 +142,13 @@ def run(args: argparse.Namespace) -> int:
     todo = [p for p in prompts if p["id"] not in done]
     kept = [done[p["id"]] for p in prompts if p["id"] in done]
     out.start(kept)
-    add_bos = args.style != "chatml" and tok.add_bos
     by_id = {p["id"]: p for p in todo}
-    requests = [
-        Request(p["id"], tok.encode(render(args.style, p, meta), bos=add_bos)) for p in todo
-    ]
+    meta_ids = encode_prompt(tok, args.style, {"instruction": ""}, meta)
+    requests = []
+    for p in todo:
+        ids = encode_prompt(tok, args.style, p, meta)
+        limit = context_limit(ids, meta_ids, args.window, args.max_shared_seq_len)
+        requests.append(Request(p["id"], ids, max_len=limit))
     shared = common_prefix([r.prompt_ids for r in requests]) if len(requests) > 1 else []
     sampler = Sampler(
         loaded.model,
@@ -105,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     label = f"{args.label} shard {args.shard + 1}/{args.num_shards}"
     progress = Progress(label, len(prompts), done=len(kept), enabled=ctx.is_main)
     for completion in sampler.generate(requests, params):
-        out.append([to_record(by_id[completion.key], completion, stops)])
+        out.append([to_record(by_id[completion.key], completion, cuts)])
         progress.update(extra=f"{sampler.stats['generated_tokens']} tokens")
     out.finish()
     if ctx.is_main:
