@@ -99,7 +99,8 @@ def sample_args(run):
     keep = ("seed", "temperature", "top_p", "max_new_tokens", "stop", "style")
     keep += ("meta_prompt", "batch_size", "long_prompt_policy")
     keep += ("cut_at", "window", "max_shared_seq_len")
-    return flags({k: cfg[k] for k in keep} | {"label": run})
+    no_stop = {"no_stop": True} if not cfg["stop"] else {}  # [] gives no --stop flags
+    return flags({k: cfg[k] for k in keep} | no_stop | {"label": run})
 
 
 @functools.cache

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=768)
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     parser.add_argument(
+        "--no-stop", action="store_true", help="no stop string: decode to EOS or the budget"
+    )
+    parser.add_argument(
         "--cut-at",
         action="append",
         default=None,
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = shard_items(
         list(read_jsonl(args.prompts, required=("id", "instruction"))), args.shard, args.num_shards
     )
-    stops = tuple(["###"] if args.stop is None else args.stop)
+    stops = () if args.no_stop else tuple(["###"] if args.stop is None else args.stop)
     cuts = stops if args.cut_at is None else tuple(args.cut_at)
     params = SamplingParams(
         temperature=args.temperature,
