@@ -95,17 +95,18 @@ def resolve_salmon_prompts(config: dict[str, Any], schema: dict[str, Any]) -> No
             for parent in parents:
                 node = node.setdefault(parent, {})
             node[key] = str(Path(folder) / name)
-    empty = [k for k in ("template", "principles") if not config["judge"].get(k)]
-    empty = [f"judge.{k}" for k in empty]
-    for run in config["sampling"]["runs"]:
-        if not run_settings(config, schema, run).get("meta_prompt"):
-            empty.append(f"the meta prompt of run {run} (sampling.defaults.meta_prompt)")
+    empty = [f"judge.{k}" for k in ("template", "principles") if not config["judge"].get(k)]
+    runs = [
+        r for r in config["sampling"]["runs"] if not run_settings(config, schema, r)["meta_prompt"]
+    ]
+    if runs:
+        empty.append(f"sampling.defaults.meta_prompt (runs {', '.join(runs)})")
     if empty:
         names = ", ".join(SALMON_PROMPTS.values())
         raise ValueError(
-            f"unset: {'; '.join(empty)}. SALMON's own texts are not shipped with salmon-wf: "
-            f"set salmon_prompts_dir to the prompts/ folder of a SALMON checkout "
-            f"(github.com/IBM/SALMON; it holds {names}), or set those keys to your own files."
+            f"unset: {', '.join(empty)}. SALMON's own texts are not shipped with salmon-wf: set "
+            f"salmon_prompts_dir to the prompts/ folder of a SALMON checkout "
+            f"(github.com/IBM/SALMON, with {names}), or set those keys to your own files."
         )
 
 
