@@ -111,8 +111,14 @@ def test_every_output_has_the_right_counts_and_schema(done_run: Path) -> None:
         assert isinstance(dims, tuple) and all(isinstance(d, str) for d in dims)
         assert isinstance(negs, tuple) and all(type(n) is int for n in negs)
         assert len(dims) == len(negs) and record["preference"] in (1, 2)
+        scores = ast.literal_eval(record["dimension_scores"])
+        assert isinstance(scores, tuple) and len(scores) == len(dims)
+        assert type(record["flip"]) is bool and type(record["rule_flag"]) is bool
+        assert len(record["lang"]) == 3 and type(record["swapped"]) is bool
     stats = json.loads((results / "preferences.stats.json").read_text())
-    assert stats
+    assert stats["pairs"] == len(pairs)
+    for reason, count in pair_counts["dropped"].items():  # the pair stage's reasons, kept
+        assert stats["pairs_dropped"][reason] == count
     for rule in ("clean_prompts", "pair_responses", "aggregate"):
         assert (done_run / "logs" / f"{rule}.log").exists()
         assert (done_run / "benchmarks" / f"{rule}.tsv").exists()
@@ -135,7 +141,7 @@ def test_sampling_parameter_of_one_run_reruns_that_run_judge_and_aggregate(done_
     assert planned_jobs(done_run) == Counter(
         sample_shard=2,
         gather_responses=1,
-        fingerprint=2,
+        fingerprint=3,  # response0's, the pairs' and the judge's stamps
         pair_responses=1,
         judge_shard=2,
         gather_judgments=1,
