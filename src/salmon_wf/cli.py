@@ -15,6 +15,7 @@ from types import ModuleType
 COMMANDS: dict[str, str] = {
     "tiny-model": "salmon_wf.model.tiny",
     "import-gguf": "salmon_wf.model.gguf_import",
+    "import-hf": "salmon_wf.model.hf_import",
     "generate": "salmon_wf.engine.generate_cli",
     "clean-prompts": "salmon_wf.stages.prompts",
     "sample": "salmon_wf.stages.sample",

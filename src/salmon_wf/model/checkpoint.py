@@ -23,6 +23,8 @@ _SHARD_FILE = re.compile(r"consolidated\.(\d+)\.pth$")
 
 
 def shard_dim(name: str) -> int | None:
+    if name.endswith(".bias") and any(f".{r}." in name for r in _ROW):
+        return None  # a row-parallel layer's bias is added after the sum: replicated
     if name == "output.weight" or any(f".{c}." in name for c in _COLUMN):
         return 0
     if name == "tok_embeddings.weight" or any(f".{r}." in name for r in _ROW):
@@ -34,6 +36,11 @@ def embedding_split(args: ModelArgs, world: int) -> int:
     """Split dim of the embedding over `world` ranks: Meta's (by dim) when it divides, else by
     vocabulary row (Dromedary's MP 12 of LLaMA-65B: 8192 is not a multiple of 12)."""
     return 1 if args.dim % world == 0 else 0
+
+
+def split_dim(name: str, args: ModelArgs, world: int) -> int | None:
+    """Split dim of weight `name` over `world` ranks (None: replicated)."""
+    return embedding_split(args, world) if name == "tok_embeddings.weight" else shard_dim(name)
 
 
 def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
@@ -57,6 +64,14 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
             p + "attention_norm.weight": (args.dim,),
             p + "ffn_norm.weight": (args.dim,),
         }
+        if args.qkv_bias:
+            shapes |= {
+                p + "attention.wq.bias": (args.attn_heads * hd,),
+                p + "attention.wk.bias": (args.kv_heads * hd,),
+                p + "attention.wv.bias": (args.kv_heads * hd,),
+            }
+        if args.o_bias:
+            shapes[p + "attention.wo.bias"] = (args.dim,)
     return shapes
 
 

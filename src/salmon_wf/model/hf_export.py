@@ -14,9 +14,17 @@ from salmon_wf.model.params import ModelArgs
 
 
 def interleaved_to_halves(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    out_dim, in_dim = weight.shape
-    per_head = weight.reshape(heads, out_dim // heads // 2, 2, in_dim)
-    return per_head.transpose(1, 2).reshape(out_dim, in_dim)
+    """Meta -> HF rows of q/k (a weight [out, in], a bias [out] or a LoRA B [out, r])."""
+    out_dim, rest = weight.shape[0], weight.shape[1:]
+    per_head = weight.reshape(heads, out_dim // heads // 2, 2, *rest)
+    return per_head.transpose(1, 2).reshape(weight.shape)
+
+
+def halves_to_interleaved(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """HF -> Meta: the inverse of interleaved_to_halves (each head's halves become pairs)."""
+    out_dim, rest = weight.shape[0], weight.shape[1:]
+    per_head = weight.reshape(heads, 2, out_dim // heads // 2, *rest)
+    return per_head.transpose(1, 2).reshape(weight.shape)
 
 
 def hf_state_dict(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:

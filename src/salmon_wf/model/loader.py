@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from salmon_wf.model.checkpoint import load_rank_state
+from salmon_wf.model.lora import load_adapters, merge_into_rank_state
 from salmon_wf.model.parallel import ParallelContext
 from salmon_wf.model.params import CheckpointError, ModelArgs
 from salmon_wf.model.tokenizer import Tokenizer, load_tokenizer
@@ -59,8 +61,13 @@ def load_model(
     dtype: str = "fp32",
     tokenizer_path: str | Path | None = None,
     max_seq_len: int | None = None,
+    adapters: Sequence[str | Path] = (),
 ) -> LoadedModel:
-    """Load this rank's shard of the model in `model_dir` (any checkpoint MP, any world size)."""
+    """Load this rank's shard of the model in `model_dir` (any checkpoint MP, any world size).
+
+    adapters: PEFT LoRA/QLoRA adapter folders (HF module names) merged, in order, into this
+    rank's weights (lora.py); checked against the model before any weight is read.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory not found")
@@ -70,7 +77,9 @@ def load_model(
     args = resolve_args(model_dir, tokenizer)
     if max_seq_len is not None:
         args = ModelArgs(**{**args.__dict__, "max_seq_len": max_seq_len})
+    merged = load_adapters(adapters, args)
     state = load_rank_state(model_dir, args, ctx.rank, ctx.world_size)
+    merge_into_rank_state(state, args, merged, ctx.rank, ctx.world_size)
     model = build_model(args, DTYPES[dtype], ctx.device)
     with torch.no_grad():
         for name, param in model.state_dict().items():

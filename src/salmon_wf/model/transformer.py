@@ -7,9 +7,11 @@ and the LM head can be applied only at chosen positions (scoring and prefill nee
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,14 +55,43 @@ class RMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
+def scaled_inv_freq(inv: torch.Tensor, scaling: dict[str, Any] | None) -> torch.Tensor:
+    """Inverse frequencies after `rope_scaling` (validated by params.check_rope_scaling).
+
+    linear: positions / factor, i.e. every frequency / factor. llama3 (LLaMA 3.1+): wavelengths
+    shorter than L / high_freq_factor stay, longer than L / low_freq_factor are divided by the
+    factor, and the band between blends the two linearly in L / wavelength (L = the original
+    context). It changes logits at every length, so it is applied, never approximated.
+    """
+    if scaling is None:
+        return inv
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return inv / factor
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    original = float(scaling["original_max_position_embeddings"])
+    wavelength = 2 * math.pi / inv
+    blend = ((original / wavelength - low) / (high - low)).clamp(0, 1)
+    smoothed = (1 - blend) * inv / factor + blend * inv
+    out = torch.where(wavelength > original / low, inv / factor, smoothed)
+    return torch.where(wavelength < original / high, inv, out)
+
+
 class Rotary:
     """cos/sin tables for Meta's interleaved-pair rotary layout.
 
     Kept as plain tensors (not buffers) so Module.to(dtype) cannot truncate them.
     """
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        max_positions: int,
+        theta: float,
+        scaling: dict[str, Any] | None = None,
+    ) -> None:
         inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        inv = scaled_inv_freq(inv, scaling)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv)
         self.cos = angles.cos().float()
         self.sin = angles.sin().float()
@@ -135,7 +166,7 @@ def _column(layer: ColumnParallelLinear, x: torch.Tensor) -> torch.Tensor:
 
     (fairscale's forward adds an autograd region that is the identity at inference.)
     """
-    return F.linear(x, layer.weight)
+    return F.linear(x, layer.weight, layer.bias)
 
 
 def _row(layer: RowParallelLinear, x: torch.Tensor) -> torch.Tensor:
@@ -143,6 +174,8 @@ def _row(layer: RowParallelLinear, x: torch.Tensor) -> torch.Tensor:
     out = F.linear(x, layer.weight)
     if mp_init.get_model_parallel_world_size() > 1:
         torch.distributed.all_reduce(out, group=mp_init.get_model_parallel_group())
+    if layer.bias is not None:  # replicated: added once, after the sum
+        out = out + layer.bias
     return out
 
 
@@ -158,18 +191,22 @@ class Attention(nn.Module):
         self.local_heads = args.attn_heads // mp
         self.local_kv_heads = args.kv_heads // mp
         self.head_dim = args.head_dim
-        hd = args.head_dim
+        hd, bias = args.head_dim, args.qkv_bias
         self.wq = ColumnParallelLinear(
-            args.dim, args.attn_heads * hd, bias=False, gather_output=False, init_method=_keep
+            args.dim, args.attn_heads * hd, bias=bias, gather_output=False, init_method=_keep
         )
         self.wk = ColumnParallelLinear(
-            args.dim, args.kv_heads * hd, bias=False, gather_output=False, init_method=_keep
+            args.dim, args.kv_heads * hd, bias=bias, gather_output=False, init_method=_keep
         )
         self.wv = ColumnParallelLinear(
-            args.dim, args.kv_heads * hd, bias=False, gather_output=False, init_method=_keep
+            args.dim, args.kv_heads * hd, bias=bias, gather_output=False, init_method=_keep
         )
         self.wo = RowParallelLinear(
-            args.attn_heads * hd, args.dim, bias=False, input_is_parallel=True, init_method=_keep
+            args.attn_heads * hd,
+            args.dim,
+            bias=args.o_bias,
+            input_is_parallel=True,
+            init_method=_keep,
         )
 
     def forward(
@@ -254,7 +291,15 @@ class Transformer(nn.Module):
             args.dim, rows, bias=False, gather_output=True, init_method=_keep
         )
         self.local_kv_heads = self.layers[0].attention.local_kv_heads if args.n_layers else 0
-        self.rotary = Rotary(args.head_dim, max(args.max_seq_len, 1) * 2, args.rope_theta)
+        if args.sliding_window is not None and args.max_seq_len > args.sliding_window:
+            raise CheckpointError(
+                f"sliding_window {args.sliding_window} is smaller than the context "
+                f"{args.max_seq_len}: sliding-window attention is not implemented (run with "
+                f"max_seq_len <= {args.sliding_window}, where it equals full attention)"
+            )
+        self.rotary = Rotary(
+            args.head_dim, max(args.max_seq_len, 1) * 2, args.rope_theta, args.rope_scaling
+        )
 
     @property
     def dtype(self) -> torch.dtype:

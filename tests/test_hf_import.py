@@ -1,0 +1,391 @@
+"""import-hf: tiny random transformers models of each family give transformers' logits and greedy
+text at MP 1 and 2; rope scaling; every weight format; clear errors; bounded memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from hf_models import (
+    LLAMA3_SCALING,
+    hf_config,
+    hf_greedy,
+    hf_logits,
+    random_hf_model,
+    save_hf,
+)
+from test_model import spawn
+
+from salmon_wf.cli import main as cli_main
+from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
+from salmon_wf.model.hf_import import import_hf, to_meta_layout
+from salmon_wf.model.loader import load_model
+from salmon_wf.model.parallel import ParallelContext
+from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.tokenizer import load_tokenizer
+
+pytest.importorskip("transformers")
+
+PROMPT = "Explain why the sky looks blue, and why sunsets are red, in a few short sentences. "
+CASES = {
+    "llama": {},
+    # LLaMA 3.1-style scaling, tied embeddings (SmolLM2 / Llama 3.2), a 2-token prompt is not
+    # enough: the prompt below is ~60 tokens, well past the 16-position original context.
+    "llama3": {"rope_scaling": LLAMA3_SCALING, "tie_word_embeddings": True},
+    "llama_bias": {"attention_bias": True, "rope_scaling": {"rope_type": "linear", "factor": 4.0}},
+    "mistral": {"head_dim": 24},  # n_heads * head_dim = 96 != hidden 64
+    "qwen2": {},  # q/k/v biases always on
+}
+
+
+def family(case: str) -> str:
+    return case.split("_")[0].removesuffix("3")
+
+
+def quiet(_message: str) -> None:
+    return None
+
+
+@pytest.fixture
+def hf_dir(request: pytest.FixtureRequest, tiny_dir: Path, tmp_path: Path) -> tuple[object, Path]:
+    case = request.param
+    model = random_hf_model(family(case), seed=1, **CASES[case])
+    return model, save_hf(model, tmp_path / f"hf-{case}", tiny_dir)
+
+
+def prompt_ids(loaded: object) -> list[int]:
+    return loaded.tokenizer.encode(PROMPT * 2, bos=True)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("hf_dir", list(CASES), indirect=True)
+def test_logits_and_greedy_text_equal_transformers(
+    hf_dir: tuple[object, Path], tmp_path: Path, single_rank: ParallelContext
+) -> None:
+    model, folder = hf_dir
+    out = import_hf(folder, tmp_path / "out", log=quiet)
+    loaded = load_model(out, single_rank)
+    ids = prompt_ids(loaded)
+    assert len(ids) > 50
+    theirs = hf_logits(model, ids)
+    ours = loaded.model(torch.tensor([ids]))
+    assert theirs.abs().max() > 2  # real-scale logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+    sampler = Sampler(loaded.model, loaded.tokenizer, max_batch=2)
+    params = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
+    (done,) = sampler.generate([Request("a", ids)], params)
+    expected = hf_greedy(model, ids, 16)
+    assert done.token_ids == expected
+    assert done.text == loaded.tokenizer.decode(expected)
+
+
+@pytest.mark.parametrize("hf_dir", ["llama3", "mistral", "qwen2", "llama_bias"], indirect=True)
+def test_two_ranks_from_an_mp2_import_equal_transformers(
+    hf_dir: tuple[object, Path], tmp_path: Path
+) -> None:
+    model, folder = hf_dir
+    out = import_hf(folder, tmp_path / "out", mp=2, log=quiet)
+    assert sorted(p.name for p in out.glob("*.pth")) == [
+        "consolidated.00.pth",
+        "consolidated.01.pth",
+    ]
+    ids = load_tokenizer(out).encode(PROMPT * 2, bos=True)
+    reference = hf_logits(model, ids)
+    work = tmp_path / "work"
+    work.mkdir()
+    for result in spawn(2, out, work, "logits", {"tokens": [ids]}):
+        torch.testing.assert_close(torch.tensor(result["logits"]), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_rope_scaling_matters_and_meta_use_scaled_rope_equals_hf_llama3(
+    tiny_dir: Path, tmp_path: Path, single_rank: ParallelContext
+) -> None:
+    """Meta's params.json says only `use_scaled_rope: true` (factor 8, low 1, high 4, original
+    8192): the same weights must give HF's llama3-scaled logits, and differ from unscaled ones."""
+    meta_defaults = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    # head size 64 and theta 5e5 (LLaMA 3's): wavelengths up to ~3e6 cross 2048 and 8192.
+    shape = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
+    shape |= {"rope_theta": 500000.0, "max_position_embeddings": 16384}
+    model = random_hf_model("llama", seed=3, rope_scaling=dict(meta_defaults), **shape)
+    out = import_hf(save_hf(model, tmp_path / "hf", tiny_dir), tmp_path / "out", log=quiet)
+    params = json.loads((out / "params.json").read_text())
+    assert params["rope_scaling"] == meta_defaults
+    params.pop("rope_scaling")
+    meta = tmp_path / "meta"
+    shutil.copytree(out, meta)
+    (meta / "params.json").write_text(json.dumps({**params, "use_scaled_rope": True}))
+    plain = tmp_path / "plain"
+    shutil.copytree(out, plain)
+    (plain / "params.json").write_text(json.dumps(params))
+
+    ids = load_model(meta, single_rank).tokenizer.encode(PROMPT * 6, bos=True)
+    assert len(ids) > 150
+    theirs = hf_logits(model, ids)
+    scaled = load_model(meta, single_rank).model(torch.tensor([ids]))
+    unscaled = load_model(plain, single_rank).model(torch.tensor([ids]))
+    torch.testing.assert_close(scaled, theirs, rtol=1e-4, atol=1e-4)
+    assert (unscaled - theirs).abs().max() > 1e-2
+
+
+def write_bin(folder: Path, state: dict[str, torch.Tensor], shards: int) -> None:
+    """pytorch_model.bin, or `shards` files with pytorch_model.bin.index.json."""
+    names = list(state)
+    if shards == 1:
+        torch.save(state, folder / "pytorch_model.bin")
+        return
+    weight_map = {}
+    for i in range(shards):
+        part = names[i::shards]
+        file = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        torch.save({n: state[n].clone() for n in part}, folder / file)
+        weight_map |= dict.fromkeys(part, file)
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+def test_every_weight_format_gives_the_same_files(tiny_dir: Path, tmp_path: Path) -> None:
+    model = random_hf_model("qwen2", seed=2)
+    single = save_hf(model, tmp_path / "single", tiny_dir)
+    sharded = save_hf(model, tmp_path / "sharded", tiny_dir, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    assert len(list(sharded.glob("model-*.safetensors"))) > 2
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    variants = [single, sharded]
+    for shards in (1, 3):
+        folder = tmp_path / f"bin{shards}"
+        folder.mkdir()
+        shutil.copy(single / "config.json", folder / "config.json")
+        shutil.copy(single / "tokenizer.model", folder / "tokenizer.model")
+        write_bin(folder, state, shards)
+        variants.append(folder)
+    outputs = [import_hf(v, tmp_path / f"out-{v.name}", mp=2, log=quiet) for v in variants]
+    reference = [torch.load(p, weights_only=True) for p in sorted(outputs[0].glob("*.pth"))]
+    for out in outputs[1:]:
+        assert (out / "params.json").read_text() == (outputs[0] / "params.json").read_text()
+        files = sorted(out.glob("*.pth"))
+        assert len(files) == 2
+        for expected, file in zip(reference, files, strict=True):
+            got = torch.load(file, weights_only=True)
+            assert got.keys() == expected.keys()
+            for name in got:
+                assert torch.equal(got[name], expected[name]), (out.name, name)
+    # The weights are HF's, permuted (q/k) and sliced by rank, exactly.
+    args = ModelArgs.load(outputs[0] / "params.json")
+    wq = to_meta_layout(
+        "layers.1.attention.wq.weight", state["model.layers.1.self_attn.q_proj.weight"], args
+    )
+    bk = to_meta_layout(
+        "layers.1.attention.wk.bias", state["model.layers.1.self_attn.k_proj.bias"], args
+    )
+    assert torch.equal(torch.cat([r["layers.1.attention.wq.weight"] for r in reference]), wq)
+    assert torch.equal(torch.cat([r["layers.1.attention.wk.bias"] for r in reference]), bk)
+    assert not torch.equal(wq, state["model.layers.1.self_attn.q_proj.weight"])
+
+
+def test_cli_bf16_mp2_files_are_plain_torch_save_zips(tiny_dir: Path, tmp_path: Path) -> None:
+    model = random_hf_model("mistral", seed=4, head_dim=24)
+    folder = save_hf(model, tmp_path / "hf", tiny_dir)
+    out = tmp_path / "out"
+    assert cli_main(["import-hf", str(folder), str(out), "--mp", "2", "--dtype", "bf16"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "consolidated.00.pth",
+        "consolidated.01.pth",
+        "generation_config.json",
+        "params.json",
+        "tokenizer.model",
+    ]
+    params = json.loads((out / "params.json").read_text())
+    assert (params["head_dim"], params["dim"], params["sliding_window"]) == (24, 64, 4096)
+    state = model.state_dict()
+    for rank, file in enumerate(sorted(out.glob("*.pth"))):
+        with zipfile.ZipFile(file) as archive:
+            assert archive.testzip() is None  # every CRC filled in
+        shard = torch.load(file, weights_only=True)  # no mmap: the ordinary reader
+        w2 = state["model.layers.0.mlp.down_proj.weight"].to(torch.bfloat16).chunk(2, dim=1)[rank]
+        assert shard["layers.0.feed_forward.w2.weight"].dtype == torch.bfloat16
+        assert torch.equal(shard["layers.0.feed_forward.w2.weight"], w2)
+    assert not (tmp_path / "out.tmp").exists()
+    assert cli_main(["import-hf", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 1
+
+
+def edited(folder: Path, tmp_path: Path, **changes: object) -> Path:
+    copy = tmp_path / "edited"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragments"),
+    [
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, ["yarn"]),
+        (
+            {"rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+            ["dynamic"],
+        ),
+        ({"mlp_bias": True}, ["mlp_bias"]),
+        ({"hidden_act": "gelu"}, ["hidden_act", "gelu"]),
+        ({"attn_logit_softcapping": 50.0}, ["attn_logit_softcapping"]),
+        ({"model_type": "gemma"}, ["model_type", "gemma"]),
+        ({"quantization_config": {"quant_method": "bitsandbytes"}}, ["quantization_config"]),
+        ({"num_hidden_layers": 3}, ["missing weight", "layers.2."]),
+        ({"intermediate_size": 80}, ["mlp.down_proj", "(64, 96)", "implies (64, 80)"]),
+    ],
+)
+def test_unsupported_or_mismatched_config_is_an_error(
+    changes: dict, fragments: list[str], tiny_dir: Path, tmp_path: Path
+) -> None:
+    folder = save_hf(random_hf_model("llama"), tmp_path / "hf", tiny_dir)
+    bad = edited(folder, tmp_path, **changes)
+    with pytest.raises(CheckpointError) as info:
+        import_hf(bad, tmp_path / "out", log=quiet)
+    message = str(info.value)
+    assert "config.json" in message or "safetensors" in message or str(bad) in message
+    for fragment in fragments:
+        assert fragment in message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_mp_must_divide_heads(tiny_dir: Path, tmp_path: Path) -> None:
+    folder = save_hf(random_hf_model("llama"), tmp_path / "hf", tiny_dir)
+    with pytest.raises(CheckpointError, match="--mp 4 must divide"):
+        import_hf(folder, tmp_path / "out", mp=4, log=quiet)
+
+
+def test_sliding_window_below_the_context_is_refused(
+    tiny_dir: Path, tmp_path: Path, single_rank: ParallelContext
+) -> None:
+    """Mistral's window caps the imported context; running past it is an error, not a guess."""
+    model = random_hf_model("mistral", sliding_window=32)
+    out = import_hf(save_hf(model, tmp_path / "hf", tiny_dir), tmp_path / "out", log=quiet)
+    assert ModelArgs.load(out / "params.json").max_seq_len == 32
+    load_model(out, single_rank)
+    with pytest.raises(CheckpointError, match="sliding_window 32 is smaller than the context 64"):
+        load_model(out, single_rank, max_seq_len=64)
+
+
+def test_params_json_keys_are_known_or_listed(tiny_dir: Path) -> None:
+    params = json.loads((tiny_dir / "params.json").read_text())
+    assert ModelArgs.from_dict({**params, "max_batch_size": 32}).dim == params["dim"]
+    for key in ("moe", "vision_chunk_size", "rope_scaling_factor"):
+        with pytest.raises(CheckpointError, match=key):
+            ModelArgs.from_dict({**params, key: 1}, "x/params.json")
+    with pytest.raises(CheckpointError, match="rope_type 'yarn'"):
+        ModelArgs.from_dict({**params, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
+    scaled = ModelArgs.from_dict({**params, "use_scaled_rope": True, "rope_scaling_factor": 32})
+    assert scaled.rope_scaling == {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    assert ModelArgs.from_dict(scaled.to_json()) == scaled
+
+
+# A generated checkpoint of ~1.5 GB (fp32: 24 layers of dim 1024 plus two 32000-row matrices).
+BIG = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "intermediate_size": 2816,
+    "vocab_size": 32000,
+}
+
+
+def write_big_checkpoint(folder: Path, tokenizer_dir: Path, config: dict) -> int:
+    """A sharded safetensors checkpoint written one layer per file (never whole in memory)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    hf_config("llama", **config).save_pretrained(folder)
+    shutil.copy(tokenizer_dir / "tokenizer.model", folder / "tokenizer.model")
+    dim, ffn, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    generator = torch.Generator().manual_seed(0)
+    groups: list[dict[str, tuple[int, ...]]] = [
+        {"model.embed_tokens.weight": (vocab, dim), "model.norm.weight": (dim,)},
+        {"lm_head.weight": (vocab, dim)},
+    ]
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        groups.append(
+            {p + f"self_attn.{x}_proj.weight": (dim, dim) for x in "qkvo"}
+            | {p + f"mlp.{x}_proj.weight": (ffn, dim) for x in ("gate", "up")}
+            | {p + "mlp.down_proj.weight": (dim, ffn)}
+            | {p + "input_layernorm.weight": (dim,), p + "post_attention_layernorm.weight": (dim,)}
+        )
+    weight_map, total = {}, 0
+    for i, group in enumerate(groups):
+        file = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {n: torch.randn(s, generator=generator) * 0.02 for n, s in group.items()}
+        save_file(tensors, folder / file, metadata={"format": "pt"})
+        total += sum(t.nbytes for t in tensors.values())
+        weight_map |= dict.fromkeys(group, file)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return total
+
+
+def peak_rss_bytes(code: str) -> int:
+    """Peak resident memory of a fresh Python child running `code`: its VmHWM at the end.
+
+    Not ru_maxrss: Linux carries the parent's resident size into a child's ru_maxrss at exec
+    (the forked image's high-water mark is recorded), so the child of a large pytest process
+    would report pytest's size. VmHWM belongs to the child's own address space after exec.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    report = "\nprint([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    done = subprocess.run(
+        [sys.executable, "-c", code + report], env=env, capture_output=True, text=True, check=True
+    )
+    line = done.stdout.strip().splitlines()[-1]  # "VmHWM:   123456 kB"
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and wait4 are Linux's")
+def test_import_streams_with_memory_bounded_by_a_few_tensors(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Importing a 1.5 GB checkpoint (MP 1, the worst case: one file holds everything) stays under
+    the bare interpreter + torch + 4 x the largest tensor in fp32 (the 32000 x 1024 embedding,
+    131 MB): the tensor read, its fp32 / cast copies and a slice. That bound (~0.8 GB) is half
+    the checkpoint; holding the model, as torch.save of a whole state dict would, needs 1.5 GB."""
+    total = write_big_checkpoint(tmp_path / "big", tiny_dir, BIG)
+    assert total > 1.4e9
+    largest = BIG["vocab_size"] * BIG["hidden_size"] * 4
+    baseline = peak_rss_bytes("import torch, safetensors, salmon_wf.model.hf_import")
+    code = (
+        "from salmon_wf.model.hf_import import import_hf\n"
+        f"import_hf({str(tmp_path / 'big')!r}, {str(tmp_path / 'out')!r}, log=None)\n"
+    )
+    peak = peak_rss_bytes(code)
+    bound = baseline + 4 * largest
+    print(
+        f"\nimport of {total / 1e9:.2f} GB: peak RSS {peak / 1e6:.0f} MB, baseline "
+        f"{baseline / 1e6:.0f} MB, bound {bound / 1e6:.0f} MB"
+    )
+    assert peak < bound
+    assert bound < total / 1.8
+    shard = torch.load(tmp_path / "out" / "consolidated.00.pth", weights_only=True, mmap=True)
+    assert len(shard) == 2 + 24 * 9 + 1
