@@ -1,6 +1,5 @@
 # Shared set-up: config validation with defaults, paths, and the helpers every rule uses.
 import functools
-import shlex
 import sys
 
 import yaml
@@ -9,6 +8,7 @@ from snakemake.utils import min_version, validate
 
 from salmon_wf.workflow import (
     Recipes,
+    conversion_command,
     ease_garbage_collection,
     flags,
     group_shape,
@@ -44,7 +44,7 @@ wildcard_constraints:
     run="|".join(RUNS),
     i=r"\d+",
     n=r"\d+",
-    stage="pairs|judge",
+    stage="|".join(["pairs", "judge", *(f"sample-{run}" for run in RUNS)]),
 
 
 def run_cfg(run):
@@ -82,12 +82,7 @@ def launcher():
 def prepare_model_command():
     """The shell command that writes the Meta-layout model for sources other than dir."""
     m = config["model"]
-    out = f"{MODELS}/{m['name']}"
-    if m["source"] == "tiny":
-        seed = m["tiny_seed"]
-        return f"{SALMON} tiny-model {shlex.quote(out)} --mp {m['mp']} --seed {seed}"
-    gguf = "smollm2" if m["source"] == "smollm2" else m["path"]
-    return f"{SALMON} import-gguf {shlex.quote(gguf)} {shlex.quote(out)} --mp {m['mp']}"
+    return conversion_command(m, f"{MODELS}/{m['name']}", SALMON)
 
 
 def shard_paths(pattern, n, **fields):

@@ -1,4 +1,6 @@
-# The policy model in Meta layout: converted from GGUF or generated (tiny), unless source is dir.
+# The policy model in Meta layout: converted from GGUF or an HF folder (+ LoRA adapters) or
+# generated (tiny), unless source is dir. `sources` fingerprints the files converted: a changed
+# adapter or source file reruns the conversion (and, through the model fingerprint, the rest).
 if config["model"]["source"] != "dir":
 
     rule prepare_model:
@@ -14,5 +16,6 @@ if config["model"]["source"] != "dir":
             **CPU_RESOURCES,
         params:
             command=prepare_model_command(),
+            sources=RECIPES.conversion(),
         shell:
             "{params.command} > {log:q} 2>&1"

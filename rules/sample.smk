@@ -1,8 +1,11 @@
 # Stage 2: two sampling runs, each split into shards (prompts[i::n]), then gathered in order.
 
 
+# The run's stamp (rule fingerprint) reruns its shards when what they compute changes, even
+# when prepare_model reruns too (Snakemake then skips the params check of everything after it).
 rule sample_shard:
     input:
+        fingerprint=f"{RESULTS}/fingerprints/sample-{{run}}.txt",
         prompts=f"{RESULTS}/prompts.jsonl",
         model=ancient(f"{model_dir()}/params.json"),
     output:

@@ -160,3 +160,19 @@ def test_same_text_and_ids_as_transformers(tmp_path: Path, template: str, system
     ids = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     assert ours.encode(load_tokenizer(tmp_path), text) == list(ids)
+
+
+def test_sample_stage_encodes_one_bos(tmp_path: Path) -> None:
+    """The tokenizer asks for BOS (add_bos_token) and the template writes it: one BOS."""
+    from salmon_wf.stages.sample import encode_prompt
+
+    write_tokenizer(tmp_path, chat_template=LLAMA3)
+    tok = load_tokenizer(tmp_path)
+    assert tok.add_bos
+    ids = encode_prompt(tok, "chat_template", {"instruction": "Hi", "input": "there"}, "Meta.")
+    assert ids.count(tok.bos_id) == 1 and ids[0] == tok.bos_id
+    assert tok.decode(ids) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nMeta.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi\n\nthere<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )

@@ -130,6 +130,41 @@ def flags(options: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+SOURCES_WITH_PATH = ("dir", "gguf", "hf")
+
+
+def model_source_stamps(model: dict[str, Any]) -> dict[str, Any]:
+    """Content stamps of the files a model source reads: `path` and each LoRA adapter folder."""
+    adapters = model.get("adapters") or []
+    if adapters and model["source"] != "hf":
+        raise ValueError(f"model.adapters needs model.source: hf (source is {model['source']})")
+    stamps: dict[str, Any] = {}
+    if model["source"] in SOURCES_WITH_PATH:
+        stamps["stamp"] = file_stamp(model["path"])
+    if adapters:
+        stamps["adapter_stamps"] = [file_stamp(a) for a in adapters]
+    return stamps
+
+
+def conversion_command(model: dict[str, Any], out: str, salmon: str) -> str:
+    """The shell command that writes the Meta-layout model `out` for sources other than dir.
+
+    An HF folder is stored in the compute dtype (bf16 halves a 70B model's disk); its adapters
+    are merged in the order given.
+    """
+    q, mp = shlex.quote, model["mp"]
+    if model["source"] == "tiny":
+        return f"{salmon} tiny-model {q(out)} --mp {mp} --seed {model['tiny_seed']}"
+    if model["source"] == "hf":
+        adapters = "".join(f" --adapter {q(a)}" for a in model.get("adapters") or [])
+        return (
+            f"{salmon} import-hf {q(model['path'])} {q(out)} --mp {mp} "
+            f"--dtype {q(model['dtype'])}{adapters}"
+        )
+    gguf = "smollm2" if model["source"] == "smollm2" else model["path"]
+    return f"{salmon} import-gguf {q(gguf)} {q(out)} --mp {mp}"
+
+
 class Recipes:
     """Fingerprints of what each stage's output content depends on.
 
@@ -148,9 +183,14 @@ class Recipes:
     def model(self) -> str:
         cfg = semantic(self.config["model"])
         cfg.pop("mp", None)  # any checkpoint MP gives the same model
-        if cfg["source"] in ("dir", "gguf"):
-            cfg["stamp"] = file_stamp(cfg["path"])
-        return digest(cfg)
+        if not cfg.get("adapters"):
+            cfg.pop("adapters", None)  # fingerprints of adapter-less models stay as they were
+        return digest(cfg | model_source_stamps(self.config["model"]))
+
+    @functools.cache  # noqa: B019 - one Recipes per workflow run
+    def conversion(self) -> str:
+        """What prepare_model reads: a changed adapter or source file reruns the conversion."""
+        return digest(model_source_stamps(self.config["model"]))
 
     @functools.cache  # noqa: B019 - one Recipes per workflow run
     def sample(self, run: str) -> str:
@@ -174,6 +214,9 @@ class Recipes:
         return digest({"judge": cfg, "stamps": stamps, "pairs": self.pairs()})
 
     def of(self, stage: str) -> str:
+        """The fingerprint of stage "pairs", "judge" or "sample-<run>" (the stamp rule's)."""
+        if stage.startswith("sample-"):
+            return self.sample(stage.removeprefix("sample-"))
         return {"pairs": self.pairs, "judge": self.judge}[stage]()
 
 
