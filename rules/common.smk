@@ -1,8 +1,11 @@
 # Shared set-up: config validation with defaults, paths, and the helpers every rule uses.
 import functools
+import os
 import sys
+from pathlib import Path
 
 import yaml
+from snakemake.common import get_appdirs
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
@@ -12,7 +15,9 @@ from salmon_wf.workflow import (
     ease_garbage_collection,
     flags,
     group_shape,
+    profile_names,
     resolve_salmon_prompts,
+    shadowed_profiles,
     run_settings,
     slurm_resources,
 )
@@ -28,6 +33,19 @@ try:
     resolve_salmon_prompts(config, SCHEMA)
 except ValueError as error:
     raise WorkflowError(str(error)) from None
+_dirs = get_appdirs()
+for _name, _theirs in shadowed_profiles(
+    profile_names(sys.argv, dict(os.environ)),
+    Path(workflow.basedir).resolve(),
+    [_dirs.user_config_dir, _dirs.site_config_dir],
+):
+    print(
+        f"salmon-wf: --profile {_name}: you have a profile of that name, {_theirs}, and so has"
+        f" this repository (./{_name} -> profiles/{_name}). Snakemake looks in the working"
+        f" directory first: from the repository root it uses the repository's, elsewhere yours"
+        f" (left as it is). Give a path to choose: --profile {_theirs} or profiles/{_name}.",
+        file=sys.stderr,
+    )
 
 RESULTS = config["results_dir"]
 MODELS = config["models_dir"]

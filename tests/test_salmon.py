@@ -26,6 +26,7 @@ from salmon_wf.stages.judge import load_template, pair_prompts
 from salmon_wf.stages.pair import make_pairs, read_pairs
 from salmon_wf.stages.prompts import PromptFilter, clean_prompts
 from salmon_wf.stages.sample import context_limit, encode_prompt
+from salmon_wf.workflow import profile_names, shadowed_profiles
 
 RESOURCES = Path(__file__).resolve().parents[1] / "src" / "salmon_wf" / "resources"
 PRINCIPLES, TEMPLATE = RESOURCES / "principles.json", RESOURCES / "judge_template.txt"
@@ -300,3 +301,24 @@ def test_jsonl_exports_mix_splits_and_the_summary_says_so(tmp_path: Path) -> Non
     pq.write_table(pa.Table.from_pylist(demo_rows()), unnamed / "part-0.parquet")
     choice = choose_split(unnamed, "parquet", "train")
     assert choice.told is False and "no file name tells its split" in choice.note
+
+
+# ---------------------------------------------------------------- `--profile slurm` by name
+
+
+def test_profile_names_and_the_profiles_a_repo_profile_hides(tmp_path: Path) -> None:
+    argv = ["snakemake", "--profile", "slurm", "--profile=other", "-n"]
+    assert profile_names(argv, {}) == ["slurm", "other"]
+    assert profile_names(["snakemake"], {"SNAKEMAKE_PROFILE": "slurm"}) == ["slurm"]
+    assert profile_names(["snakemake"], {}) == []
+    repo = tmp_path / "repo"
+    (repo / "profiles" / "slurm").mkdir(parents=True)
+    user, site = tmp_path / "user", tmp_path / "site"
+    (user / "slurm").mkdir(parents=True)
+    dirs = [str(user), str(site)]
+    assert shadowed_profiles(["slurm"], repo, dirs) == []  # no repo-root link: nothing to say
+    (repo / "slurm").symlink_to("profiles/slurm")
+    assert shadowed_profiles(["slurm"], repo, dirs) == [("slurm", user / "slurm")]
+    assert shadowed_profiles(["profiles/slurm"], repo, dirs) == []  # a path is unambiguous
+    (user / "slurm").rmdir()
+    assert shadowed_profiles(["slurm"], repo, dirs) == []

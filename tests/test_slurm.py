@@ -8,6 +8,7 @@ cannot start (not root, no apt-get, no Debian packages). .ci/run installs and st
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -134,3 +135,45 @@ def test_cancelled_shard_is_retried_and_resumes_without_redoing_prompts(
     log = (tmp_path / "logs/sample/response0/shard-0-of-1.log").read_text()
     resumed = int(re.search(r"\((\d+) resumed\)", log).group(1))
     assert resumed >= 3  # finished prompts were kept, not sampled again
+
+
+def by_name(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> str:
+    """`snakemake --profile slurm` as the README writes it: from the repo root, by name."""
+    command = [sys.executable, "-m", "snakemake", "--profile", "slurm"]
+    command += ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml")]
+    command += ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks"]
+    done = subprocess.run(
+        [*command, "1", *extra], cwd=REPO, capture_output=True, text=True, timeout=900, env=env
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout + done.stderr
+
+
+def test_profile_by_name_from_the_repo_root_leaves_a_users_own_alone(tmp_path: Path) -> None:
+    """The repo root's `slurm` link is found first; a user's profile of that name is named."""
+    write_config(tmp_path, **CLUSTER)
+    out = by_name(tmp_path, "-n")
+    assert "Using profile slurm" in out and "salmon-wf: --profile slurm" not in out
+    assert "executor: local" not in (REPO / "slurm" / "config.yaml").read_text()
+    assert "slurm_partition=gpu" in out and "Shell command:" in out  # profiles/slurm's
+    home = tmp_path / "xdg"
+    theirs = home / "snakemake" / "slurm"
+    theirs.mkdir(parents=True)
+    (theirs / "config.yaml").write_text("executor: local\n")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(home))
+    out = by_name(tmp_path, "-n", env=env)
+    assert f"you have a profile of that name, {theirs}" in out
+    assert "Shell command:" in out  # the repo's profile (printshellcmds), not theirs, is used
+    assert (theirs / "config.yaml").read_text() == "executor: local\n"
+
+
+def test_profile_by_name_runs_on_the_cluster(cluster: None, tmp_path: Path) -> None:
+    write_config(tmp_path, **CLUSTER)
+    target = "results/responses/response0.jsonl"
+    out = by_name(tmp_path, target)
+    assert "Using profile slurm" in out
+    assert len(list(read_jsonl(tmp_path / target))) > 20
+    workdir = str(tmp_path)
+    shards = [j for j in jobs_of_cluster() if "sample_shard" in j and workdir in j]
+    assert len(shards) == 2  # response0's two shards ran as SLURM jobs
+    assert all("Partition=gpu" in j for j in shards)

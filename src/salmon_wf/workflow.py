@@ -16,7 +16,9 @@ from __future__ import annotations
 import functools
 import gc
 import hashlib
+import itertools
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,34 @@ def resolve_salmon_prompts(config: dict[str, Any], schema: dict[str, Any]) -> No
             f"salmon_prompts_dir to the prompts/ folder of a SALMON checkout "
             f"(github.com/IBM/SALMON, with {names}), or set those keys to your own files."
         )
+
+
+def profile_names(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The --profile values of a snakemake command line (else $SNAKEMAKE_PROFILE), as given."""
+    names = [b for a, b in itertools.pairwise(argv) if a == "--profile"]
+    names += [a.split("=", 1)[1] for a in argv if a.startswith("--profile=")]
+    return names or ([env["SNAKEMAKE_PROFILE"]] if env.get("SNAKEMAKE_PROFILE") else [])
+
+
+def shadowed_profiles(
+    names: list[str], repo: Path, config_dirs: list[str]
+) -> list[tuple[str, Path]]:
+    """Profiles of the user's (or the site's) with the name of a repo-root profile link.
+
+    Snakemake 9 looks a profile name up in the working directory first, then in the user's and
+    the site's config folders (~/.config/snakemake, /etc/xdg/snakemake). The repo root's
+    `slurm` link to profiles/slurm makes `snakemake --profile slurm` work from there without
+    installing anything; a profile of that name of the user's is left alone, and from the repo
+    root it is not the one used (the Snakefile cannot see the directory snakemake started in,
+    so the note it prints says both).
+    """
+    hidden = []
+    for name in names:
+        link = repo / name
+        if os.sep in name or not link.exists() or link.resolve().parent != repo / "profiles":
+            continue
+        hidden += [(name, Path(d) / name) for d in config_dirs if (Path(d) / name).exists()]
+    return hidden
 
 
 def semantic(settings: dict[str, Any]) -> dict[str, Any]:
