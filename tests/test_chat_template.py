@@ -176,3 +176,22 @@ def test_sample_stage_encodes_one_bos(tmp_path: Path) -> None:
         "<|start_header_id|>user<|end_header_id|>\n\nHi\n\nthere<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
+
+
+def test_import_hf_keeps_a_separate_chat_template_file(tiny_dir: Path, tmp_path: Path) -> None:
+    """transformers 5 saves the template as chat_template.jinja: the import must carry it."""
+    pytest.importorskip("transformers")
+    from hf_tiny import write_hf_llama
+
+    from salmon_wf.model.hf_import import import_hf
+
+    hf_dir = write_hf_llama(tiny_dir, tmp_path / "hf")
+    config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    (hf_dir / "chat_template.jinja").write_text(config.pop("chat_template"))
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    out = import_hf(hf_dir, tmp_path / "meta", log=None)
+    template = ChatTemplate.load(out)
+    assert template.path == out / "chat_template.jinja"
+    expected = "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"
+    assert template.render("Hi", "Be brief.") == expected
+    import_hf(hf_dir, out, log=None)  # a second import replaces the folder it wrote

@@ -60,6 +60,7 @@ TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "generation_config.json",
+    "chat_template.jinja",  # newer folders keep the chat template out of tokenizer_config.json
 )
 # config.json keys read into params.json.
 USED_CONFIG_KEYS = (

@@ -20,7 +20,7 @@ STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.f
 # Files an import writes: an existing OUT_DIR holding only these may be replaced.
 OUTPUT_FILES = re.compile(
     r"params\.json|consolidated\.\d+\.pth|tokenizer(_config)?\.json|tokenizer\.model"
-    r"|special_tokens_map\.json|generation_config\.json"
+    r"|special_tokens_map\.json|generation_config\.json|chat_template\.jinja"
 )
 
 
