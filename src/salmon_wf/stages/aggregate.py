@@ -448,6 +448,10 @@ def decide(
 # ---------------------------------------------------------------- records
 
 
+def _json_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
 class Renderer:
     """Each written example's JSON line, exactly as json.dumps(record, ensure_ascii=False).
 
@@ -466,7 +470,15 @@ class Renderer:
         self.lang: list[str] = []  # per pair, as read: '["en", "en", "de"]'
         self.lang_swapped: list[str] = []  # the same with the outputs' codes swapped
         self.dim = [enc(repr(d))[1:-1] for d in dims]  # a name's Python literal, JSON-escaped
-        self.rule = [enc(r) for r in RULES]
+        # A record's last fields by end key flip * 6 + rule * 2 + swapped (see lines()).
+        self.ends = [
+            f'"flip": {_json_bool(flip)}, "rule_flag": {_json_bool(rule > 0)}, '
+            f'"swapped": {_json_bool(swapped)}, "rule": {enc(RULES[rule])}}}'
+            for flip in (False, True)
+            for rule in range(len(RULES))
+            for swapped in (False, True)
+        ]
+        self.negated: dict[int, str] = {}  # negative_definitions literal by negation key
 
     def set_languages(self, codes: Iterable[tuple[str, str, str]]) -> None:
         """Each pair's (instruction, output_1, output_2) codes as read (known after the texts).
@@ -485,40 +497,57 @@ class Renderer:
         self.lang, self.lang_swapped = lang, swapped
 
     def lines(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[str]:
-        """The lines of the examples at rows `index` of one pass, in that order."""
+        """The lines of the examples at rows `index` of one pass, in that order.
+
+        What takes few values is looked up, not formatted per line: the record's end by
+        (flip, rule, swap) and the negative_definitions literal by (k, negation bits).
+        """
+        k = out.k[index]
+        d = draws.negate.shape[1]
+        positions = np.arange(d)
+        bits = draws.negate[index] & (positions[None, :] < k[:, None])
+        negation_key = (bits * (1 << positions)).sum(axis=1) | (k << d)
+        swap = draws.swap[index]
+        end_key = out.noise_flip[index] * 6 + out.rule[index] * 2 + swap
         columns = zip(
             index.tolist(),
-            out.k[index].tolist(),
+            k.tolist(),
             draws.order[index].tolist(),
-            draws.negate[index].astype(int).tolist(),
+            negation_key.tolist(),
             out.scores[index].tolist(),
             out.dominant[index].tolist(),
             out.preference[index].tolist(),
-            draws.swap[index].tolist(),
-            out.rule[index].tolist(),
-            out.noise_flip[index].tolist(),
+            swap.tolist(),
+            end_key.tolist(),
             strict=True,
         )
+        negated_of, ends = self.negated, self.ends
         lines = []
-        for i, k, order, negate, scores, dominant, preference, swap, rule, flip in columns:
-            if swap:
+        for i, k, order, negation, scores, dominant, preference, swapped, end in columns:
+            if swapped:
                 first, second, lang = self.output_2[i], self.output_1[i], self.lang_swapped[i]
             else:
                 first, second, lang = self.output_1[i], self.output_2[i], self.lang[i]
             one = "," if k == 1 else ""  # a 1-tuple's literal is "(x,)"
             names = ", ".join([self.dim[j] for j in order[:k]]) + one
-            negated = ", ".join(map(str, negate[:k])) + one
+            negated = negated_of.get(negation)
+            if negated is None:
+                negated = negated_of[negation] = _negation_literal(negation, d)
             # Python's float repr, as str(tuple(scores)) writes it (no character JSON escapes).
             values = ", ".join(map(repr, scores[:k])) + one
             lines.append(
                 f'{self.head[i]}"output_1": {first}, "output_2": {second}, '
                 f'"preference": {preference}, "dimensions": "({names})", '
-                f'"negative_definitions": "({negated})", "dimension_scores": "({values})", '
-                f'"doinate_dimension_idx": {dominant}, "flip": {"true" if flip else "false"}, '
-                f'"lang": {lang}, "rule_flag": {"true" if rule else "false"}, '
-                f'"swapped": {"true" if swap else "false"}, "rule": {self.rule[rule]}}}'
+                f'"negative_definitions": "{negated}", "dimension_scores": "({values})", '
+                f'"doinate_dimension_idx": {dominant}, "lang": {lang}, {ends[end]}'
             )
         return lines
+
+
+def _negation_literal(key: int, d: int) -> str:
+    """str(tuple(bits)) of a negation key: k in the bits above d, position j's bit below."""
+    k = key >> d
+    return str(tuple((key >> j) & 1 for j in range(k)))
 
 
 # ---------------------------------------------------------------- the stage
