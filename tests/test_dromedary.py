@@ -151,3 +151,40 @@ def test_inconsistent_expanded_params_are_refused() -> None:
         ModelArgs.from_dict(base | {"qkv_dim": 96, "n_kv_heads": 2})
     with pytest.raises(CheckpointError, match="below vocab_size"):
         ModelArgs.from_dict(base | {"vocab_size": 512, "model_vocab_size": 500})
+
+
+def test_ranks_read_only_their_part_of_uneven_file_slices(expanded_dir: Path) -> None:
+    """Files cut at 72/72/60 rows, ranks at 68/68/68: each rank's tensor is built from the
+    overlapping parts only, never from the whole joined tensor, and the parts add up."""
+    args = ModelArgs.load(expanded_dir / "params.json").with_vocab(512)
+    full = load_rank_state(expanded_dir, args, rank=0, world=1)
+    ranks = [load_rank_state(expanded_dir, args, rank=r, world=3) for r in range(3)]
+    for name, dim in [
+        ("layers.0.feed_forward.w1.weight", 0),
+        ("layers.1.feed_forward.w2.weight", 1),
+    ]:
+        parts = [state[name] for state in ranks]
+        assert [p.shape[dim] for p in parts] == [68, 68, 68]
+        torch.testing.assert_close(torch.cat(parts, dim=dim), full[name], rtol=0, atol=0)
+        whole = full[name].numel() * full[name].element_size()
+        assert all(p.untyped_storage().nbytes() < whole for p in parts)
+    # the embedding: vocab rows in the files, split by vocab row on 3 ranks (64 % 3 != 0)
+    rows = [state["tok_embeddings.weight"] for state in ranks]
+    assert [r.shape for r in rows] == [(175, 64)] * 3
+    torch.testing.assert_close(torch.cat(rows), full["tok_embeddings.weight"], rtol=0, atol=0)
+
+
+def test_three_expanded_files_on_two_ranks(
+    tiny_dir: Path, tiny: LoadedModel, tmp_path: Path
+) -> None:
+    """Resharding to another MP that divides the padded sizes: the vocabulary-split embedding
+    of the files becomes Meta's dim-split one (64 % 2 == 0)."""
+    state, args = tiny_state(tiny_dir)
+    big, params = expand_state(state, args, QKV, FFN, 528)
+    out = write_expanded(big, params, tmp_path / "model", 3, tiny_dir / "tokenizer.model")
+    ids = tiny.tokenizer.encode(TEXT, bos=True)
+    reference = tiny.model(torch.tensor([ids]))
+    for result in spawn(2, out, tmp_path, "logits", {"tokens": [ids]}):
+        logits = torch.tensor(result["logits"])
+        assert logits.shape[-1] == 528
+        torch.testing.assert_close(logits[..., :512], reference, rtol=0, atol=1e-5)

@@ -145,30 +145,66 @@ def load_rank_state(
     state: dict[str, torch.Tensor] = {}
     for name, shape in expected.items():
         src = source_names[name]
-        dim_in_files = full_dim(src)
-        if dim_in_files is None or ckpt_mp == 1:
-            full = shards[0][src]
-            if dim_in_files is None:
-                for f, shard in zip(files[1:], shards[1:], strict=True):
-                    if shard[src].shape != full.shape:
-                        raise CheckpointError(
-                            f"{f}: replicated weight '{src}' has shape "
-                            f"{tuple(shard[src].shape)}, expected {tuple(full.shape)}"
-                        )
-        else:
-            full = torch.cat([s[src] for s in shards], dim=dim_in_files)
-        if tuple(full.shape) != shape:
+        pieces = [s[src] for s in shards]
+        dim_in_files = full_dim(src) if ckpt_mp > 1 else None
+        if dim_in_files is None:
+            for f, piece in zip(files[1:], pieces[1:], strict=True):
+                if piece.shape != pieces[0].shape:
+                    raise CheckpointError(
+                        f"{f}: replicated weight '{src}' has shape "
+                        f"{tuple(piece.shape)}, expected {tuple(pieces[0].shape)}"
+                    )
+            pieces = pieces[:1]
+        found = _joined_shape(pieces, dim_in_files)
+        if found != shape:
             raise CheckpointError(
-                f"{model_dir}: weight '{src}' has shape {tuple(full.shape)} "
+                f"{model_dir}: weight '{src}' has shape {found} "
                 f"across {ckpt_mp} file(s), "
                 f"params.json implies {shape}"
             )
         dim = embedding_split(args, world) if name == "tok_embeddings.weight" else shard_dim(name)
-        if dim is not None and world > 1:
-            if shape[dim] % world:
-                raise CheckpointError(
-                    f"{name}: dim {dim} of {shape} not divisible by world size {world}"
-                )
-            full = full.chunk(world, dim=dim)[rank]
-        state[name] = full
+        if dim is None or world == 1:
+            state[name] = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim_in_files)
+            continue
+        if shape[dim] % world:
+            raise CheckpointError(
+                f"{name}: dim {dim} of {shape} not divisible by world size {world}"
+            )
+        size = shape[dim] // world
+        state[name] = _rank_slice(pieces, dim_in_files, dim, rank * size, size)
     return state
+
+
+def _joined_shape(pieces: list[torch.Tensor], dim: int | None) -> tuple[int, ...]:
+    """Shape of the file pieces joined along `dim` (None: one replicated piece)."""
+    shape = list(pieces[0].shape)
+    if dim is None:
+        return tuple(shape)
+    for p in pieces[1:]:
+        if [n for i, n in enumerate(p.shape) if i != dim] != [
+            n for i, n in enumerate(shape) if i != dim
+        ]:
+            return tuple(p.shape)
+    shape[dim] = sum(p.shape[dim] for p in pieces)
+    return tuple(shape)
+
+
+def _rank_slice(
+    pieces: list[torch.Tensor], file_dim: int | None, dim: int, start: int, size: int
+) -> torch.Tensor:
+    """[start, start + size) along `dim` of the pieces joined along `file_dim`, built from only
+    the parts of the (memory-mapped) files that fall in it: a rank never holds the whole tensor.
+
+    The files' slices need not line up with the ranks' (Dromedary rounds them to multiples of 8,
+    the last one shorter; another MP cuts elsewhere)."""
+    if file_dim is None:
+        return pieces[0].narrow(dim, start, size)
+    if file_dim != dim:
+        return torch.cat([p.narrow(dim, start, size) for p in pieces], dim=file_dim)
+    parts, offset = [], 0
+    for p in pieces:
+        lo, hi = max(start, offset), min(start + size, offset + p.shape[dim])
+        if lo < hi:
+            parts.append(p.narrow(dim, lo - offset, hi - lo))
+        offset += p.shape[dim]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
