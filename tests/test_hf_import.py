@@ -4,9 +4,7 @@ text at MP 1 and 2; rope scaling; every weight format; clear errors; bounded mem
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -15,7 +13,6 @@ import pytest
 import torch
 from hf_models import (
     LLAMA3_SCALING,
-    hf_config,
     hf_greedy,
     hf_logits,
     random_hf_model,
@@ -25,10 +22,11 @@ from test_model import spawn
 
 from salmon_wf.cli import main as cli_main
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
-from salmon_wf.model.hf_import import import_hf, to_meta_layout
+from salmon_wf.model.hf_import import config_to_args, import_hf, to_meta_layout
 from salmon_wf.model.loader import load_model
 from salmon_wf.model.parallel import ParallelContext
 from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.synthetic import child_peak_rss, llama_config, write_random_checkpoint
 from salmon_wf.model.tokenizer import load_tokenizer
 
 pytest.importorskip("transformers")
@@ -303,83 +301,28 @@ def test_params_json_keys_are_known_or_listed(tiny_dir: Path) -> None:
 
 
 # A generated checkpoint of ~1.5 GB (fp32: 24 layers of dim 1024 plus two 32000-row matrices).
-BIG = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 16,
-    "intermediate_size": 2816,
-    "vocab_size": 32000,
-}
-
-
-def write_big_checkpoint(folder: Path, tokenizer_dir: Path, config: dict) -> int:
-    """A sharded safetensors checkpoint written one layer per file (never whole in memory)."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True)
-    hf_config("llama", **config).save_pretrained(folder)
-    shutil.copy(tokenizer_dir / "tokenizer.model", folder / "tokenizer.model")
-    dim, ffn, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    generator = torch.Generator().manual_seed(0)
-    groups: list[dict[str, tuple[int, ...]]] = [
-        {"model.embed_tokens.weight": (vocab, dim), "model.norm.weight": (dim,)},
-        {"lm_head.weight": (vocab, dim)},
-    ]
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        groups.append(
-            {p + f"self_attn.{x}_proj.weight": (dim, dim) for x in "qkvo"}
-            | {p + f"mlp.{x}_proj.weight": (ffn, dim) for x in ("gate", "up")}
-            | {p + "mlp.down_proj.weight": (dim, ffn)}
-            | {p + "input_layernorm.weight": (dim,), p + "post_attention_layernorm.weight": (dim,)}
-        )
-    weight_map, total = {}, 0
-    for i, group in enumerate(groups):
-        file = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        tensors = {n: torch.randn(s, generator=generator) * 0.02 for n, s in group.items()}
-        save_file(tensors, folder / file, metadata={"format": "pt"})
-        total += sum(t.nbytes for t in tensors.values())
-        weight_map |= dict.fromkeys(group, file)
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    return total
-
-
-def peak_rss_bytes(code: str) -> int:
-    """Peak resident memory of a fresh Python child running `code`: its VmHWM at the end.
-
-    Not ru_maxrss: Linux carries the parent's resident size into a child's ru_maxrss at exec
-    (the forked image's high-water mark is recorded), so the child of a large pytest process
-    would report pytest's size. VmHWM belongs to the child's own address space after exec.
-    """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    report = "\nprint([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
-    done = subprocess.run(
-        [sys.executable, "-c", code + report], env=env, capture_output=True, text=True, check=True
-    )
-    line = done.stdout.strip().splitlines()[-1]  # "VmHWM:   123456 kB"
-    return int(line.split()[1]) * 1024
+BIG = llama_config(dim=1024, layers=24, heads=16, ffn=2816, vocab=32000)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and wait4 are Linux's")
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the child's /proc/self/status")
 def test_import_streams_with_memory_bounded_by_a_few_tensors(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
     """Importing a 1.5 GB checkpoint (MP 1, the worst case: one file holds everything) stays under
-    the bare interpreter + torch + 4 x the largest tensor in fp32 (the 32000 x 1024 embedding,
-    131 MB): the tensor read, its fp32 / cast copies and a slice. That bound (~0.8 GB) is half
-    the checkpoint; holding the model, as torch.save of a whole state dict would, needs 1.5 GB."""
-    total = write_big_checkpoint(tmp_path / "big", tiny_dir, BIG)
+    the bare interpreter + torch (measured in a child the same way) + 4 x the largest tensor in
+    fp32 (the 32000 x 1024 embedding, 131 MB): the tensor read, its cast copy, a slice and
+    slack. That bound (~0.75 GB) is half the checkpoint; holding the model, as torch.save of a
+    whole state dict would, needs 1.5 GB. Measured here: ~0.37 GB."""
+    total = write_random_checkpoint(tmp_path / "big", BIG, tiny_dir / "tokenizer.model")
     assert total > 1.4e9
     largest = BIG["vocab_size"] * BIG["hidden_size"] * 4
-    baseline = peak_rss_bytes("import torch, safetensors, salmon_wf.model.hf_import")
+    baseline = child_peak_rss("import torch, safetensors, salmon_wf.model.hf_import")
     code = (
         "from salmon_wf.model.hf_import import import_hf\n"
         f"import_hf({str(tmp_path / 'big')!r}, {str(tmp_path / 'out')!r}, log=None)\n"
     )
-    peak = peak_rss_bytes(code)
+    peak = child_peak_rss(code)
     bound = baseline + 4 * largest
     print(
         f"\nimport of {total / 1e9:.2f} GB: peak RSS {peak / 1e6:.0f} MB, baseline "
@@ -389,3 +332,145 @@ def test_import_streams_with_memory_bounded_by_a_few_tensors(
     assert bound < total / 1.8
     shard = torch.load(tmp_path / "out" / "consolidated.00.pth", weights_only=True, mmap=True)
     assert len(shard) == 2 + 24 * 9 + 1
+
+
+# config.json of released models (weights not needed: the keys and values are what is parsed).
+REAL_CONFIGS = {
+    "SmolLM2-135M-Instruct": {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 576,
+        "initializer_range": 0.041666666666666664,
+        "intermediate_size": 1536,
+        "is_llama_config": True,
+        "max_position_embeddings": 8192,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": 9,
+        "num_hidden_layers": 30,
+        "num_key_value_heads": 3,
+        "pad_token_id": 2,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_interleaved": False,
+        "rope_scaling": None,
+        "rope_theta": 100000,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "transformers.js_config": {"kv_cache_dtype": {"q4f16": "float16", "fp16": "float16"}},
+        "transformers_version": "4.42.3",
+        "use_cache": True,
+        "vocab_size": 49152,
+    },
+    "Llama-3.1-8B": {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 128000,
+        "eos_token_id": [128001, 128008, 128009],
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "initializer_range": 0.02,
+        "intermediate_size": 14336,
+        "max_position_embeddings": 131072,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 8,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.0.dev0",
+        "use_cache": True,
+        "vocab_size": 128256,
+    },
+    "Mistral-7B-v0.1": {
+        "architectures": ["MistralForCausalLM"],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "initializer_range": 0.02,
+        "intermediate_size": 14336,
+        "max_position_embeddings": 32768,
+        "model_type": "mistral",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 10000.0,
+        "sliding_window": 4096,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.34.0.dev0",
+        "use_cache": True,
+        "vocab_size": 32000,
+    },
+    "Qwen2.5-0.5B-Instruct": {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "hidden_act": "silu",
+        "hidden_size": 896,
+        "initializer_range": 0.02,
+        "intermediate_size": 4864,
+        "max_position_embeddings": 32768,
+        "max_window_layers": 21,
+        "model_type": "qwen2",
+        "num_attention_heads": 14,
+        "num_hidden_layers": 24,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 32768,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.1",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": 151936,
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_CONFIGS))
+def test_released_configs_parse_to_the_right_shape(name: str) -> None:
+    notes: list[str] = []
+    args = config_to_args(REAL_CONFIGS[name], f"{name}/config.json", notes.append)
+    shapes = {
+        "SmolLM2-135M-Instruct": (576, 30, 9, 3, 64, 1536, 49152, 8192, True, False, None),
+        "Llama-3.1-8B": (4096, 32, 32, 8, 128, 14336, 128256, 131072, False, False, "llama3"),
+        "Mistral-7B-v0.1": (4096, 32, 32, 8, 128, 14336, 32000, 4096, False, False, None),
+        "Qwen2.5-0.5B-Instruct": (896, 24, 14, 2, 64, 4864, 151936, 32768, True, True, None),
+    }
+    got = (
+        args.dim,
+        args.n_layers,
+        args.n_heads,
+        args.kv_heads,
+        args.head_dim,
+        args.ffn_hidden_dim,
+        args.vocab_size,
+        args.max_seq_len,
+        args.tie_word_embeddings,
+        args.qkv_bias,
+        (args.rope_scaling or {}).get("rope_type"),
+    )
+    assert got == shapes[name]
+    assert args.sliding_window == (4096 if name.startswith("Mistral") else None)
+    assert bool(notes) == name.startswith("Mistral")  # the window capped the context

@@ -106,6 +106,8 @@ HARMLESS_CONFIG_KEYS = (
     "output_hidden_states",
     "return_dict",
     "unsloth_version",
+    "tokenizer_class",
+    "max_sequence_length",  # early LLaMA-1 conversions (huggyllama): same as the context length
 )
 # Keys the engine supports with one value only (HF's default); any other value is an error.
 NEUTRAL_CONFIG_VALUES: dict[str, tuple[Any, ...]] = {

@@ -96,11 +96,13 @@ class ShardWriter:
             )
         if name in self.crcs[0]:
             raise RuntimeError(f"{name} written twice")
-        full = full.to(self.dtype)
         dim = self.dims[name]
+        if dim is None:
+            full = full.to(self.dtype)
         parts = [full] * self.mp if dim is None else list(full.chunk(self.mp, dim=dim))
         for rank, part in enumerate(parts):
-            data = part.contiguous().reshape(-1).view(torch.uint8).numpy()
+            # Cast and slice in one copy (a column slice is not contiguous: .to makes it so).
+            data = part.to(self.dtype).contiguous().reshape(-1).view(torch.uint8).numpy()
             offset, nbytes = self.records[rank][name]
             if data.nbytes != nbytes:
                 raise RuntimeError(f"{name}: {data.nbytes} bytes for a {nbytes}-byte record")
