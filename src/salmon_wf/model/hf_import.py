@@ -33,7 +33,7 @@ import torch
 
 from salmon_wf.model.checkpoint import expected_shapes
 from salmon_wf.model.hf_export import halves_to_interleaved
-from salmon_wf.model.hf_weights import open_weights
+from salmon_wf.model.hf_weights import TensorFiles, open_weights
 from salmon_wf.model.importing import (
     STORAGE_DTYPES,
     add_output_arguments,
@@ -192,8 +192,8 @@ def config_to_args(config: dict[str, Any], source: str, log: Callable[[str], Non
             raise CheckpointError(
                 f"{source}: {key} = {config[key]!r} is not supported (only {allowed[0]!r})"
             )
-    if family == "mistral" and config.get("attention_bias"):
-        raise CheckpointError(f"{source}: attention_bias is not a Mistral option")
+    if family != "llama" and config.get("attention_bias"):
+        raise CheckpointError(f"{source}: attention_bias is not a {family} option")
     missing = [
         k
         for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -234,7 +234,7 @@ def config_to_args(config: dict[str, Any], source: str, log: Callable[[str], Non
 
 
 def _plan(
-    weights: Any, args: ModelArgs, source: Path
+    weights: TensorFiles, args: ModelArgs, source: Path
 ) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     """Meta name -> HF tensor name for every weight, after checking names and shapes."""
     shapes = expected_shapes(args)
