@@ -2,8 +2,9 @@
 
 `torch.save` needs every tensor of a file in memory at once: a 70B model at MP 1 would need
 140 GB. Instead each rank's file is first saved with `torch.serialization.skip_data()` from
-uninitialised tensors (pages of `torch.empty` that are never touched are never resident), which
-writes the pickle, the zip records and the room for every tensor's bytes. Each weight's slice is
+fake tensors (shapes and dtypes, no storage: nothing is allocated, so a node with strict
+overcommit accepts it too), which writes the pickle, the zip records and the room for every
+tensor's bytes. Each weight's slice is
 then written at its record's offset as soon as it is converted, and the zip CRCs are filled in
 at the end, so the result is an ordinary `torch.save` file (torch.load with weights_only, or
 `unzip -t`, accept it). Peak memory is the tensor being converted, whatever the model size or MP.
@@ -72,10 +73,14 @@ class ShardWriter:
         return sum(_numel(self.slice_shape(name)) * size for name in self.shapes)
 
     def _skeleton(self, path: Path) -> dict[str, tuple[int, int]]:
-        layout = {n: torch.empty(self.slice_shape(n), dtype=self.dtype) for n in self.shapes}
-        with torch.serialization.skip_data():
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode():  # shapes and dtypes only: nothing is allocated, even virtually
+            layout = {n: torch.empty(self.slice_shape(n), dtype=self.dtype) for n in self.shapes}
+        with torch.serialization.skip_data(materialize_fake_tensors=True):
             torch.save(layout, path)
-        sizes = [t.untyped_storage().nbytes() for t in layout.values()]
+        size = torch.empty((), dtype=self.dtype).element_size()
+        sizes = [_numel(self.slice_shape(n)) * size for n in self.shapes]
         del layout
         offsets = _data_offsets(path)
         if sorted(offsets) != list(range(len(sizes))):
