@@ -263,6 +263,27 @@ def test_unsupported_or_mismatched_config_is_an_error(
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
+def test_quantised_or_duplicated_tensors_are_errors(tiny_dir: Path, tmp_path: Path) -> None:
+    """A 4-bit (uint8-packed) base is refused by dtype; a tensor in two shards by name."""
+    from safetensors.torch import load_file, save_file
+
+    folder = save_hf(random_hf_model("llama"), tmp_path / "hf", tiny_dir, max_shard_size="100KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    name = "model.layers.0.mlp.up_proj.weight"
+    file = folder / index["weight_map"][name]
+    tensors = load_file(file)
+    tensors[name] = torch.zeros(tensors[name].shape, dtype=torch.uint8)
+    save_file(tensors, file)
+    with pytest.raises(CheckpointError, match=f"'{name}' has dtype U8; only float weights"):
+        import_hf(folder, tmp_path / "out", log=quiet)
+    tensors[name] = torch.zeros(tensors[name].shape)
+    save_file(tensors, file)
+    other = next(f for f in folder.glob("model-*.safetensors") if f != file)
+    save_file({**load_file(other), name: tensors[name]}, other)
+    with pytest.raises(CheckpointError, match=f"tensor '{name}' is also in"):
+        import_hf(folder, tmp_path / "out", log=quiet)
+
+
 def test_mp_must_divide_heads(tiny_dir: Path, tmp_path: Path) -> None:
     folder = save_hf(random_hf_model("llama"), tmp_path / "hf", tiny_dir)
     with pytest.raises(CheckpointError, match="--mp 4 must divide"):

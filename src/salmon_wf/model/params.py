@@ -13,7 +13,9 @@ REQUIRED_KEYS = ("dim", "n_layers", "n_heads")
 HARMLESS_KEYS = ("max_batch_size",)
 # Meta's own rotary-scaling keys (LLaMA 3.1+), turned into `rope_scaling` when read.
 META_ROPE_KEYS = ("use_scaled_rope", "rope_scaling_factor")
-# Meta's LLaMA 3.1 scaling constants (params.json says only `use_scaled_rope: true`).
+# Meta's LLaMA 3.1 scaling constants (params.json says only `use_scaled_rope: true`). LLaMA 3.2
+# 1B/3B were trained with factor 32 (their HF configs say so) but Meta's params.json does not:
+# such a directory needs `"rope_scaling_factor": 32` (or an HF import, which reads the config).
 META_LLAMA3_SCALING = {
     "rope_type": "llama3",
     "factor": 8.0,
