@@ -21,8 +21,8 @@ def run_rank(
     store = dist.FileStore(store_path, world)
     ctx = setup_model_parallel("cpu", store=store, rank=rank, world_size=world)
     try:
-        loaded = load_model(model_dir, ctx)
         spec = json.loads(Path(out_dir, "job.json").read_text())
+        loaded = load_model(model_dir, ctx, adapters=spec.get("adapters", ()))
         result: dict = {}
         if job == "logits":
             tokens = torch.tensor(spec["tokens"])

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from hf_models import hf_logits, random_hf_model, save_hf
+from test_model import spawn
 
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.hf_import import import_hf
@@ -96,6 +97,13 @@ def test_load_time_merge_into_a_meta_layout_model(
     theirs = hf_logits(peft_merged(base, adapters), ids)
     loaded = load_model(plain, single_rank, adapters=adapters)
     torch.testing.assert_close(loaded.model(torch.tensor([ids])), theirs, rtol=1e-4, atol=1e-4)
+
+    # Two gloo ranks, each merging into its own slice, give the same logits.
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = {"tokens": [ids], "adapters": [str(a) for a in adapters]}
+    for result in spawn(2, plain, work, "logits", spec):
+        torch.testing.assert_close(torch.tensor(result["logits"]), theirs, rtol=1e-4, atol=1e-4)
 
     # Each of two ranks merges only its slice: together they equal the one-rank merge.
     args = ModelArgs.load(plain / "params.json")
