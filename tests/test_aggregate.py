@@ -17,8 +17,7 @@ import pyarrow.json as pj
 import pytest
 
 from salmon_wf import cli
-from salmon_wf.data.jsonl import RecordError
-from salmon_wf.data.langid import LanguageModelError
+from salmon_wf.errors import LanguageModelError, RecordError
 from salmon_wf.stages import aggregate as agg
 from salmon_wf.stages.aggregate import Draws, Settings, decide, normalise
 

@@ -11,7 +11,8 @@ import pytest
 from hf_tiny import write_tokenizer
 
 from salmon_wf.engine.chat import STYLES, format_prompt
-from salmon_wf.engine.chat_template import ChatTemplate, ChatTemplateError, template_of
+from salmon_wf.engine.chat_template import ChatTemplate, template_of
+from salmon_wf.errors import ChatTemplateError
 from salmon_wf.model.tokenizer import load_tokenizer
 
 # Written for these tests in the shape of the models' own templates (multi-line, relying on

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.loader import load_model
 from salmon_wf.model.parallel import ParallelContext
-from salmon_wf.model.params import CheckpointError
 
 
 @pytest.fixture

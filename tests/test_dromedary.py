@@ -13,10 +13,11 @@ from test_model import spawn
 
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
 from salmon_wf.engine.scorer import PrefixScorer
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.loader import LoadedModel, load_model
 from salmon_wf.model.parallel import ParallelContext
-from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.params import ModelArgs
 
 TEXT = "Explain why the sky looks blue. ### 你好"
 # Tiny: dim 64, 4 heads of 16 (2 KV heads), FFN 160, vocab 512. Six heads, an FFN whose

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_model import spawn
 
-from salmon_wf.engine.prompts import fit_prompt
+from salmon_wf.engine.context import fit_prompt
 from salmon_wf.engine.sampler import (
     Completion,
     Request,

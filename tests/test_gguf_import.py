@@ -13,13 +13,14 @@ import torch
 from conftest import HAVE_SMOLLM2
 
 from salmon_wf.cli import main as cli_main
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model import gguf_import
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.gguf_import import SMOLLM2_PACKAGE, import_gguf
 from salmon_wf.model.hf_export import to_hf_llama
 from salmon_wf.model.loader import load_model
 from salmon_wf.model.parallel import ParallelContext
-from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.params import ModelArgs
 from salmon_wf.model.tokenizer import load_tokenizer
 
 needs_smollm2 = pytest.mark.skipif(

@@ -22,10 +22,11 @@ from test_model import spawn
 
 from salmon_wf.cli import main as cli_main
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.hf_import import config_to_args, import_hf, to_meta_layout
 from salmon_wf.model.loader import load_model
 from salmon_wf.model.parallel import ParallelContext
-from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.params import ModelArgs
 from salmon_wf.model.synthetic import child_peak_rss, llama_config, write_random_checkpoint
 from salmon_wf.model.tokenizer import load_tokenizer
 

@@ -18,11 +18,11 @@ from salmon_wf.data import langid
 from salmon_wf.data.langid import (
     FASTTEXT_MAGIC,
     LanguageDetection,
-    LanguageModelError,
     check_model,
     detect_language,
     detect_languages,
 )
+from salmon_wf.errors import LanguageModelError
 
 ENGLISH = "Could you explain how photosynthesis turns sunlight into chemical energy?"
 GERMAN = "Kannst du mir erklären, wie die Photosynthese Sonnenlicht in Energie umwandelt?"

@@ -14,12 +14,13 @@ import torch
 from hf_models import hf_logits, random_hf_model, save_hf
 from test_model import spawn
 
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.hf_import import import_hf
 from salmon_wf.model.loader import load_model
 from salmon_wf.model.lora import load_adapters, merge_into_rank_state
 from salmon_wf.model.parallel import ParallelContext
-from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.params import ModelArgs
 
 peft = pytest.importorskip("peft")
 

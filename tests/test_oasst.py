@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import salmon_wf
-from salmon_wf.data.oasst import Message, OasstFormatError, detect_layout, read_messages
-from salmon_wf.stages.prompts import clean_prompts
+from salmon_wf.data.oasst import Message, detect_layout, read_messages
+from salmon_wf.errors import OasstFormatError
+from salmon_wf.stages.clean import clean_prompts
 
 DEMO = Path(salmon_wf.__file__).parent / "resources" / "demo_oasst" / "messages.jsonl"
 

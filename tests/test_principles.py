@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from salmon_wf.data.principles import Principle, PrincipleError, load_principles
+from salmon_wf.data.principles import Principle, load_principles
+from salmon_wf.errors import PrincipleError
 from salmon_wf.stages.aggregate import DEFAULT_EXCLUDED
 
 REPO = Path(__file__).resolve().parents[1]

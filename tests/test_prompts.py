@@ -11,8 +11,9 @@ import pytest
 
 import salmon_wf
 from salmon_wf.cli import main
-from salmon_wf.data.oasst import Message, OasstFormatError, read_messages
-from salmon_wf.stages.prompts import PromptFilter, clean_prompts, primary_language
+from salmon_wf.data.oasst import Message, read_messages
+from salmon_wf.errors import OasstFormatError
+from salmon_wf.stages.clean import PromptFilter, clean_prompts, primary_language
 
 DEMO = Path(salmon_wf.__file__).parent / "resources" / "demo_oasst" / "messages.jsonl"
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasst1" / "en_100_tree.jsonl"

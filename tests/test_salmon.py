@@ -13,18 +13,19 @@ import torch
 
 import salmon_wf
 from salmon_wf.cli import main
-from salmon_wf.data.jsonl import RecordError, read_jsonl
-from salmon_wf.data.oasst import OasstFormatError, choose_split, read_messages
+from salmon_wf.data.jsonl import read_jsonl
+from salmon_wf.data.oasst import choose_split, read_messages
 from salmon_wf.data.principles import load_principles
 from salmon_wf.engine.chat import format_prompt
-from salmon_wf.engine.prompts import Fitted, fit_prompt
+from salmon_wf.engine.context import Fitted, fit_prompt
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
+from salmon_wf.errors import OasstFormatError, RecordError
 from salmon_wf.model.loader import LoadedModel
 from salmon_wf.model.parallel import teardown_model_parallel
+from salmon_wf.stages.clean import PromptFilter, clean_prompts
 from salmon_wf.stages.gather import merge_summaries
 from salmon_wf.stages.judge import load_template, pair_prompts
 from salmon_wf.stages.pair import make_pairs, read_pairs
-from salmon_wf.stages.prompts import PromptFilter, clean_prompts
 from salmon_wf.stages.sample import context_limit, encode_prompt
 from salmon_wf.workflow import profile_names, shadowed_profiles
 

@@ -18,7 +18,7 @@ from test_workflow import REPO, write_config
 
 from salmon_wf.data.jsonl import read_jsonl
 from salmon_wf.engine.chat import dromedary_prompt
-from salmon_wf.engine.prompts import common_prefix
+from salmon_wf.engine.context import common_prefix
 from salmon_wf.model.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from salmon_wf.cli import main
-from salmon_wf.data.jsonl import RecordError, read_jsonl
+from salmon_wf.data.jsonl import read_jsonl
+from salmon_wf.errors import RecordError
 from salmon_wf.model.parallel import teardown_model_parallel
 from salmon_wf.stages.gather import gather
 from salmon_wf.stages.sample import clean_response

@@ -17,7 +17,7 @@ COMMANDS: dict[str, str] = {
     "import-gguf": "salmon_wf.model.gguf_import",
     "import-hf": "salmon_wf.model.hf_import",
     "generate": "salmon_wf.engine.generate_cli",
-    "clean-prompts": "salmon_wf.stages.prompts",
+    "clean-prompts": "salmon_wf.stages.clean",
     "sample": "salmon_wf.stages.sample",
     "gather": "salmon_wf.stages.gather",
     "pair": "salmon_wf.stages.pair",

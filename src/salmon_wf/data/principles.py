@@ -12,11 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from salmon_wf.errors import PrincipleError
+
 FIELDS = ("dimension", "definition", "negative_definition")
-
-
-class PrincipleError(ValueError):
-    """A malformed principle file; the message says where."""
 
 
 @dataclass(frozen=True)

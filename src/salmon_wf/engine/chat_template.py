@@ -24,15 +24,12 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from salmon_wf.errors import ChatTemplateError
 from salmon_wf.model.tokenizer import Tokenizer
 
 CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"  # newer HF folders keep the template in its own file
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
-
-
-class ChatTemplateError(ValueError):
-    """A chat template that is missing, malformed, or refuses the conversation."""
 
 
 def _raise_exception(message: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from salmon_wf.engine.prompts import fit_prompt
+from salmon_wf.engine.context import fit_prompt
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.model.transformer import KVCache, Transformer
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from salmon_wf.engine.prompts import common_prefix
+from salmon_wf.engine.context import common_prefix
 from salmon_wf.model.transformer import KVCache, Transformer
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.errors import CheckpointError
+from salmon_wf.model.params import ModelArgs
 
 # Split dimension of each parallel weight in Meta's layout (None = replicated on every rank).
 _COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")

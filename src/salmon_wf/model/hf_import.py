@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import expected_shapes
 from salmon_wf.model.hf_export import halves_to_interleaved
 from salmon_wf.model.hf_weights import TensorFiles, open_weights
@@ -44,12 +45,7 @@ from salmon_wf.model.importing import (
     replace_dir,
 )
 from salmon_wf.model.lora import HF_TO_META, load_adapters, merge_hf
-from salmon_wf.model.params import (
-    CheckpointError,
-    ModelArgs,
-    check_rope_scaling,
-    read_json_object,
-)
+from salmon_wf.model.params import ModelArgs, check_rope_scaling, read_json_object
 from salmon_wf.model.shard_writer import ShardWriter
 from salmon_wf.model.tokenizer import load_tokenizer
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from salmon_wf.model.params import CheckpointError
+from salmon_wf.errors import CheckpointError
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,

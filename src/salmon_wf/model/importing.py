@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from salmon_wf.model.params import CheckpointError
+from salmon_wf.errors import CheckpointError
 
 STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Files an import writes: an existing OUT_DIR holding only these may be replaced.

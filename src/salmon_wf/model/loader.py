@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.lora import load_adapters, merge_into_rank_state
 from salmon_wf.model.parallel import ParallelContext
-from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.params import ModelArgs
 from salmon_wf.model.tokenizer import Tokenizer, load_tokenizer
 from salmon_wf.model.transformer import Transformer, default_dtype
 

@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import expected_shapes, split_dim
 from salmon_wf.model.hf_export import halves_to_interleaved
 from salmon_wf.model.hf_weights import TensorFiles, open_weights
-from salmon_wf.model.params import CheckpointError, ModelArgs, read_json_object
+from salmon_wf.model.params import ModelArgs, read_json_object
 
 # HF projection -> Meta module (the names LoRA targets in a LLaMA-family model).
 HF_TO_META = {

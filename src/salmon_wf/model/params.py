@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from salmon_wf.errors import CheckpointError
+
 REQUIRED_KEYS = ("dim", "n_layers", "n_heads")
 # Keys of Meta-style params.json files that do not change the maths (skipped): Meta's generation
 # batch size (the engine batches by itself).
@@ -27,10 +29,6 @@ ROPE_SCALING_KEYS = {
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
 }
-
-
-class CheckpointError(ValueError):
-    """A model directory that cannot be loaded: raised before any compute, naming the file."""
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from typing import BinaryIO
 
 import torch
 
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import split_dim
-from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.params import ModelArgs
 
 _DATA_RECORD = re.compile(r"(?:.*/)?data/(\d+)")
 _DESCRIPTOR_SIGNATURE = 0x08074B50

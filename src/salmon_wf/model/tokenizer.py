@@ -10,7 +10,7 @@ import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from salmon_wf.model.params import CheckpointError
+from salmon_wf.errors import CheckpointError
 
 
 class Tokenizer(ABC):

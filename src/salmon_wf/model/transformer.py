@@ -24,8 +24,9 @@ from fairscale.nn.model_parallel.layers import (
 )
 from torch import nn
 
+from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import embedding_split
-from salmon_wf.model.params import CheckpointError, ModelArgs
+from salmon_wf.model.params import ModelArgs
 
 
 def _keep(x: torch.Tensor) -> torch.Tensor:

@@ -62,9 +62,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from salmon_wf.data.jsonl import RecordError, parse_record
+from salmon_wf.data.jsonl import parse_record
 from salmon_wf.data.langid import DEFAULT_MAX_CHARS, LanguageDetection, check_model
 from salmon_wf.data.principles import load_principles
+from salmon_wf.errors import RecordError
 
 DEFAULT_EXCLUDED = ("Overall Helpful", "Natural and Fluent", "Multilingual")
 RULES = ("none", "ai_language_model", "language")  # a record's `rule`; index = rule code

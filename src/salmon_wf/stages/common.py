@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
-from salmon_wf.engine.prompts import POLICIES
+from salmon_wf.engine.context import POLICIES
 from salmon_wf.model.loader import DTYPES, LoadedModel, load_model
 from salmon_wf.model.parallel import ParallelContext, setup_model_parallel
 

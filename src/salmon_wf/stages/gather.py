@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from salmon_wf.data.jsonl import RecordError, read_jsonl, write_json, write_jsonl
+from salmon_wf.data.jsonl import read_jsonl, write_json, write_jsonl
+from salmon_wf.errors import RecordError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from salmon_wf.data.jsonl import ResumableOutput, write_json
 from salmon_wf.data.principles import Principle, load_principles
-from salmon_wf.engine.prompts import fit_prompt
+from salmon_wf.engine.context import fit_prompt
 from salmon_wf.engine.scorer import PrefixScorer
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.stages.common import Progress, add_model_arguments, barrier, shard_items, start_rank

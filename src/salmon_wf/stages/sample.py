@@ -20,7 +20,7 @@ from pathlib import Path
 
 from salmon_wf.data.jsonl import ResumableOutput, read_jsonl
 from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
-from salmon_wf.engine.prompts import common_prefix
+from salmon_wf.engine.context import common_prefix
 from salmon_wf.engine.sampler import Completion, Request, Sampler, SamplingParams
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.stages.common import Progress, add_model_arguments, barrier, shard_items, start_rank

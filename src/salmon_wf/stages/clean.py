@@ -33,11 +33,11 @@ from salmon_wf.data.oasst import (
     LAYOUTS,
     SPLITS,
     Message,
-    OasstFormatError,
     choose_split,
     detect_layout,
     read_messages,
 )
+from salmon_wf.errors import OasstFormatError
 
 DROP_REASONS = (
     "not_prompter",
