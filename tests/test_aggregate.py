@@ -97,7 +97,7 @@ def run_cli(
     argv += ["--output", str(out / "preferences.json")]
     argv += ["--output-jsonl", str(out / "preferences.jsonl")]
     argv += ["--stats", str(out / "stats.json"), "--workers", "1", *flags]
-    assert cli.main(argv) == 0
+    assert cli.run_command(argv) == 0  # errors propagate: the tests check their types
     records = json.loads((out / "preferences.json").read_text(encoding="utf-8"))
     lines = (out / "preferences.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == records

@@ -54,7 +54,7 @@ def test_pairs_join_by_id_and_drop_short_or_missing(runs: tuple[Path, Path, Path
 
 
 def test_pair_command_writes_the_pairs_and_their_counts(
-    runs: tuple[Path, Path, Path], tmp_path: Path
+    runs: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, summary = tmp_path / "pairs.jsonl", tmp_path / "pairs.summary.json"
     argv = ["pair", "--responses", str(runs[0]), str(runs[1]), "--min-chars", "2"]
@@ -67,8 +67,10 @@ def test_pair_command_writes_the_pairs_and_their_counts(
     assert json.loads(summary.read_text())["min_chars"] == 2
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "p1", "instruction": "Q"}\n')
-    with pytest.raises(ValueError, match=r"broken\.jsonl line 1: field 'response' missing"):
-        main(["pair", "--responses", str(runs[0]), str(broken), "--output", str(out)])
+    capsys.readouterr()
+    assert main(["pair", "--responses", str(runs[0]), str(broken), "--output", str(out)]) == 1
+    error = f"salmon-wf pair: error: {broken} line 1: field 'response' missing\n"
+    assert capsys.readouterr().err == error
 
 
 def test_rendering_is_single_pass_and_orders_swap_outputs() -> None:

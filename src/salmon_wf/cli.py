@@ -2,15 +2,20 @@
 
 Each command module exposes `add_arguments(parser)` and `run(args) -> int`; the first line of
 its docstring is the command's help. Importing lazily keeps `salmon-wf <cheap-stage>` from
-paying for a torch import it does not need.
+paying for a torch import it does not need. `main` is the one error boundary: a user error ends
+any command with one line, `salmon-wf <command>: error: <file>[ line N][: field]: <what>`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import time
 from types import ModuleType
+
+from salmon_wf.errors import SalmonError
 
 COMMANDS: dict[str, str] = {
     "tiny-model": "salmon_wf.model.tiny",
@@ -44,11 +49,61 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+# OSErrors that name a file the user gave (an input that is not there or not readable); any
+# other exception escaping a command is a bug and keeps its traceback.
+FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+FAILED = 1  # exit status of a command ended by a user error
+# How long a rank other than 0 holds its report back. The ranks of a group read the same inputs
+# and usually fail alike: rank 0 reports, and torchrun ends the other ranks when it exits. A
+# rank that left at once could get rank 0 killed before it printed; one that fails alone still
+# reports, this much later.
+RANK_ZERO_GRACE_S = 20.0
+
+
+def error_line(command: str, exc: BaseException) -> str:
+    """`salmon-wf <command>: error: <file>[ line N][: field]: <what>`, on one line.
+
+    Messages quoted from libraries (torch's unpickler, safetensors) can span lines: they are
+    joined so the report stays one line.
+    """
+    if isinstance(exc, OSError) and not isinstance(exc, SalmonError) and exc.filename:
+        message = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        message = str(exc)
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return f"salmon-wf {command}: error: {one_line}"
+
+
+def _is_rank_zero() -> bool:
+    """Rank 0 of the group (or of torchrun's world before the group exists) reports errors."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     only = argv[0] if argv and argv[0] in COMMANDS else None
-    args = build_parser(only).parse_args(argv)
+    return build_parser(only).parse_args(argv)
+
+
+def run_command(argv: list[str]) -> int:
+    """Run one command with no error boundary: its errors reach the caller (tests)."""
+    args = parse(argv)
     return int(_load(args.command).run(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error (SalmonError, a missing input) is one line and exit 1."""
+    args = parse(argv)
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except (SalmonError, *FILE_ERRORS) as exc:
+        if not _is_rank_zero():
+            time.sleep(RANK_ZERO_GRACE_S)  # usually ended here, once rank 0 has reported
+        print(error_line(args.command, exc), file=sys.stderr, flush=True)
+        return FAILED
 
 
 def run_and_leave(argv: list[str] | None = None) -> int:
@@ -56,13 +111,21 @@ def run_and_leave(argv: list[str] | None = None) -> int:
 
     A process that exits with its gloo group alive can abort in gloo's threads ("terminate
     called without an active exception", 1 run in 3 under torchrun here) after all its work
-    is done, and NCCL warns. A failing command skips this: its exception ends the process.
+    is done, and NCCL warns. A failed command cannot take the barrier of leaving (another rank
+    may be elsewhere, or gone), so a rank of a group ends at once, after its report is out.
     """
     code = main(argv)
-    if "torch.distributed" in sys.modules:  # only model commands imported torch
+    dist = sys.modules.get("torch.distributed")  # only model commands imported torch
+    if dist is None:
+        return code
+    if code == 0:
         from salmon_wf.model.parallel import leave_process_group
 
         leave_process_group()
+    elif dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # no static destructors: gloo's live threads cannot abort the exit
     return code
 
 

@@ -14,8 +14,9 @@ import os
 class SalmonError(ValueError):
     """A user error: `file`, `line` and `field` locate it (each None where it does not apply).
 
-    Built from its parts, the message is `<file>[ line N][: field]: <what>`. A message written
-    whole (the older call sites, which already start with the file) is kept as it is.
+    Built from its parts, the message is `<file>[ line N][: field]: <what>`; a command flag has
+    no file (`--mp: must be at least 1`). A message written whole (call sites whose text already
+    starts with the file) is kept as it is.
     """
 
     def __init__(
@@ -31,12 +32,13 @@ class SalmonError(ValueError):
         super().__init__(self.render())
 
     def render(self) -> str:
-        if self.file is None:
-            return self.what
-        where = self.file + (f" line {self.line}" if self.line is not None else "")
+        """`<file>[ line N][: field]: <what>`; a setting with no file is `<field>: <what>`."""
+        parts = [] if self.file is None else [self.file]
+        if parts and self.line is not None:
+            parts[0] += f" line {self.line}"
         if self.field is not None:
-            where += f": {self.field}"
-        return f"{where}: {self.what}"
+            parts.append(self.field)
+        return ": ".join([*parts, self.what])
 
 
 class CheckpointError(SalmonError):

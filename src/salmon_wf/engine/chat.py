@@ -9,6 +9,7 @@ template (Llama-3-Instruct, Mistral, Qwen...) with the meta prompt as system mes
 from __future__ import annotations
 
 from salmon_wf.engine.chat_template import ChatTemplate, template_of
+from salmon_wf.errors import ConfigError
 from salmon_wf.model.tokenizer import Tokenizer
 
 STYLES = ("dromedary", "chatml", "plain", "chat_template")
@@ -32,7 +33,9 @@ def format_prompt(
         return f"{meta_prompt}{user}"
     if style == "chat_template":
         if template is None:
-            raise ValueError("prompt style chat_template needs the tokenizer's chat template")
+            raise ConfigError(
+                "prompt style chat_template needs the tokenizer's chat template", field="--style"
+            )
         return template.render(user, meta_prompt)
     raise ValueError(f"prompt style must be one of {STYLES}, got {style!r}")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from salmon_wf.errors import CheckpointError
+from salmon_wf.errors import CheckpointError, ConfigError
 from salmon_wf.model.params import ModelArgs
 
 # Split dimension of each parallel weight in Meta's layout (None = replicated on every rank).
@@ -21,6 +21,27 @@ _COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "f
 _ROW = ("attention.wo", "feed_forward.w2")
 IGNORED_KEYS = ("rope.freqs",)
 _SHARD_FILE = re.compile(r"consolidated\.(\d+)\.pth$")
+
+
+def load_weights(file: Path) -> dict[str, torch.Tensor]:
+    """A name -> tensor file read with torch.load(weights_only=True, mmap=True).
+
+    torch's own errors for a truncated or foreign file ("mmap can only be used with files saved
+    with ...", zip and unpickler errors of many types) do not name the file: they are wrapped.
+    """
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # pickle / zip / mmap errors come in many types
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise CheckpointError(
+            f"cannot load with torch.load(weights_only=True, mmap=True) ({first or type(exc)})",
+            file=file,
+        ) from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError("expected a dict of name -> tensor", file=file)
+    return state
 
 
 def shard_dim(name: str) -> int | None:
@@ -96,6 +117,8 @@ def save_checkpoint(
 ) -> None:
     """Write full (unsharded) weights as `mp` Meta-layout shards plus params.json."""
     out = Path(out_dir)
+    if mp < 1:
+        raise ConfigError(f"must be at least 1, got {mp}", field="--mp")
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v for k, v in state_dict.items() if k not in IGNORED_KEYS}
     if args.tie_word_embeddings:
@@ -109,7 +132,9 @@ def save_checkpoint(
             if dim is not None:
                 if tensor.shape[dim] % mp:
                     raise CheckpointError(
-                        f"{name}: dim {dim} of {tuple(tensor.shape)} not divisible by MP {mp}"
+                        f"weight '{name}': dim {dim} of {tuple(tensor.shape)} not divisible by "
+                        f"MP {mp}",
+                        file=out,
                     )
                 tensor = tensor.chunk(mp, dim=dim)[rank]
             shard[name] = tensor.contiguous().clone()
@@ -123,7 +148,7 @@ def load_rank_state(
     """This rank's weights, validated and resharded from whatever MP the files were saved with."""
     model_dir = Path(model_dir)
     files = shard_files(model_dir)
-    shards = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
+    shards = [load_weights(f) for f in files]
     ckpt_mp = len(files)
     expected = expected_shapes(args)
     if args.tie_word_embeddings:
@@ -169,7 +194,8 @@ def load_rank_state(
             continue
         if shape[dim] % world:
             raise CheckpointError(
-                f"{name}: dim {dim} of {shape} not divisible by world size {world}"
+                f"weight '{name}': dim {dim} of {shape} not divisible by world size {world}",
+                file=model_dir,
             )
         size = shape[dim] // world
         state[name] = _rank_slice(pieces, dim_in_files, dim, rank * size, size)

@@ -386,9 +386,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import_gguf(args.gguf_file, args.out_dir, mp=args.mp, dtype=args.dtype)
-    except CheckpointError as exc:
-        print(f"import-gguf: {exc}", file=sys.stderr)
-        return 1
+    import_gguf(args.gguf_file, args.out_dir, mp=args.mp, dtype=args.dtype)
     return 0

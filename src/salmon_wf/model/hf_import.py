@@ -378,11 +378,7 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    try:
-        import_hf(
-            args.hf_dir, args.out_dir, mp=args.mp, dtype=args.dtype, adapters=args.adapter, log=log
-        )
-    except CheckpointError as exc:
-        print(f"import-hf: {exc}", file=sys.stderr)
-        return 1
+    import_hf(
+        args.hf_dir, args.out_dir, mp=args.mp, dtype=args.dtype, adapters=args.adapter, log=log
+    )
     return 0

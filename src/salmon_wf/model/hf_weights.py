@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from salmon_wf.errors import CheckpointError
+from salmon_wf.model.checkpoint import load_weights
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -61,10 +62,15 @@ class TensorFiles:
         if info.file.suffix == ".safetensors":
             from safetensors import safe_open
 
-            with safe_open(str(info.file), framework="pt") as f:
-                tensor = f.get_tensor(name)
+            try:
+                with safe_open(str(info.file), framework="pt") as f:
+                    tensor = f.get_tensor(name)
+            except Exception as exc:  # safetensors raises its own SafetensorError
+                raise CheckpointError(
+                    f"cannot read tensor '{name}' ({exc})", file=info.file
+                ) from exc
         else:
-            state = _load_bin(info.file)
+            state = load_weights(info.file)
             tensor = state[name].clone()
             del state
         if tuple(tensor.shape) != info.shape:
@@ -77,20 +83,6 @@ def _nbytes(info: TensorInfo) -> int:
     for d in info.shape:
         count *= d
     return count * torch.empty((), dtype=info.dtype).element_size()
-
-
-def _load_bin(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # pickle / zip errors come in many types
-        raise CheckpointError(
-            f"{file}: cannot load with torch.load(weights_only=True, mmap=True) ({exc})"
-        ) from exc
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CheckpointError(f"{file}: expected a dict of name -> tensor")
-    return state
 
 
 def _list_file(file: Path) -> dict[str, TensorInfo]:
@@ -117,7 +109,7 @@ def _list_file(file: Path) -> dict[str, TensorInfo]:
         except Exception as exc:  # safetensors raises its own SafetensorError
             raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from exc
         return out
-    for name, tensor in _load_bin(file).items():
+    for name, tensor in load_weights(file).items():
         if not tensor.is_floating_point():
             raise CheckpointError(f"{file}: tensor '{name}' has dtype {tensor.dtype}")
         out[name] = TensorInfo(file, tuple(tensor.shape), tensor.dtype)

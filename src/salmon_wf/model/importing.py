@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from salmon_wf.errors import CheckpointError
+from salmon_wf.errors import CheckpointError, ConfigError
 
 STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Files an import writes: an existing OUT_DIR holding only these may be replaced.
@@ -89,6 +89,8 @@ def add_output_arguments(parser: argparse.ArgumentParser, dtype_note: str = "") 
 
 def check_dtype_and_mp(dtype: str, mp: int) -> None:
     if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+        raise ConfigError(
+            f"must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}", field="--dtype"
+        )
     if mp < 1:
-        raise ValueError(f"--mp must be at least 1, got {mp}")
+        raise ConfigError(f"must be at least 1, got {mp}", field="--mp")

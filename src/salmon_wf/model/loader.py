@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from salmon_wf.errors import CheckpointError
+from salmon_wf.errors import CheckpointError, ConfigError
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.lora import load_adapters, merge_into_rank_state
 from salmon_wf.model.parallel import ParallelContext
@@ -73,7 +73,7 @@ def load_model(
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory not found")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"must be one of {sorted(DTYPES)}, got {dtype!r}", field="--dtype")
     tokenizer = load_tokenizer(model_dir, tokenizer_path)
     args = resolve_args(model_dir, tokenizer)
     if max_seq_len is not None:

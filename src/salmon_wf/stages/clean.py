@@ -37,7 +37,7 @@ from salmon_wf.data.oasst import (
     detect_layout,
     read_messages,
 )
-from salmon_wf.errors import OasstFormatError
+from salmon_wf.errors import ConfigError, OasstFormatError
 
 DROP_REASONS = (
     "not_prompter",
@@ -65,7 +65,10 @@ class PromptFilter:
 
     def __post_init__(self) -> None:
         if self.min_chars < 0 or self.max_chars < max(self.min_chars, 1):
-            raise ValueError(f"bad length range: min {self.min_chars}, max {self.max_chars}")
+            raise ConfigError(
+                f"bad length range: min {self.min_chars}, max {self.max_chars}",
+                field="--min-chars/--max-chars",
+            )
 
 
 def primary_language(lang: str) -> str:
@@ -187,14 +190,10 @@ def options_from_args(args: argparse.Namespace) -> PromptFilter:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        options = options_from_args(args)
-        layout = detect_layout(args.input) if args.format == "auto" else args.format
-        split = choose_split(args.input, layout, args.split)
-        records, stats = clean_prompts(read_messages(args.input, layout, args.split), options)
-    except (OasstFormatError, ValueError) as exc:
-        print(f"clean-prompts: error: {exc}", file=sys.stderr)
-        return 1
+    options = options_from_args(args)
+    layout = detect_layout(args.input) if args.format == "auto" else args.format
+    split = choose_split(args.input, layout, args.split)
+    records, stats = clean_prompts(read_messages(args.input, layout, args.split), options)
     summary = {"input": str(args.input), "layout": layout, "split": split.summary(), **stats}
     summary["options"] = asdict(options)
     if split.note:

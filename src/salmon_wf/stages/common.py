@@ -11,6 +11,7 @@ from typing import TypeVar
 import torch.distributed as dist
 
 from salmon_wf.engine.context import POLICIES
+from salmon_wf.errors import ConfigError
 from salmon_wf.model.loader import DTYPES, LoadedModel, load_model
 from salmon_wf.model.parallel import ParallelContext, setup_model_parallel
 
@@ -33,7 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def shard_items(items: Sequence[T], shard: int, num_shards: int) -> list[T]:
     """Strided split items[i::n]: every shard gets a similar mix of short and long work."""
     if not 0 <= shard < num_shards:
-        raise ValueError(f"shard {shard} is not in 0..{num_shards - 1}")
+        raise ConfigError(f"shard {shard} is not in 0..{num_shards - 1}", field="--shard")
     return list(items[shard::num_shards])
 
 

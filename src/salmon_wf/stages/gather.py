@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from salmon_wf.data.jsonl import read_jsonl, write_json, write_jsonl
-from salmon_wf.errors import RecordError
+from salmon_wf.errors import ConfigError, RecordError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"gathered {count} records from {len(args.shards)} shard(s) into {args.output}")
     if args.summaries:
         if args.summary is None:
-            raise SystemExit("gather: --summaries needs --summary")
+            raise ConfigError("needs --summary", field="--summaries")
         merged = merge_summaries(args.summaries)
         write_json(args.summary, merged)
         print(f"summary: {merged} -> {args.summary}")

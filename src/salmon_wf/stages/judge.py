@@ -22,6 +22,7 @@ from salmon_wf.data.jsonl import ResumableOutput, write_json
 from salmon_wf.data.principles import Principle, load_principles
 from salmon_wf.engine.context import fit_prompt
 from salmon_wf.engine.scorer import PrefixScorer
+from salmon_wf.errors import ConfigError, TemplateError
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.stages.common import Progress, add_model_arguments, barrier, shard_items, start_rank
 from salmon_wf.stages.pair import Pair, read_pairs
@@ -35,9 +36,9 @@ def load_template(path: Path, answer_context: str) -> str:
     template = path.read_text(encoding="utf-8").rstrip("\n")
     missing = [p for p in ("OutputA", "OutputB") if "{" + p + "}" not in template]
     if missing:
-        raise ValueError(f"{path}: template lacks placeholder(s) {', '.join(missing)}")
+        raise TemplateError(f"lacks placeholder(s) {', '.join(missing)}", file=path)
     if not template.endswith(answer_context):
-        raise ValueError(f"{path}: template must end with {answer_context!r}")
+        raise TemplateError(f"must end with {answer_context!r}", file=path)
     return template
 
 
@@ -80,7 +81,7 @@ def decide(s12: float, s21: float) -> int:
 def answer_ids(tokenizer: Tokenizer, context: str, choices: tuple[str, str]) -> list[int]:
     ids = [tokenizer.id_after(context, c) for c in choices]
     if ids[0] == ids[1]:
-        raise ValueError(f"choices {choices} map to the same token after {context!r}")
+        raise ConfigError(f"{choices} map to the same token after {context!r}", field="--choices")
     return ids
 
 
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     tok = loaded.tokenizer
     choices = tuple(args.choices or ("a", "b"))
     if len(choices) != 2:
-        raise SystemExit(f"judge: --choices must be given exactly twice, got {choices}")
+        raise ConfigError(f"must be given exactly twice, got {choices}", field="--choices")
     ids = answer_ids(tok, args.answer_context, choices)
     out = ResumableOutput(args.output, args.fingerprint, writer=ctx.is_main)
     previous = out.existing()
