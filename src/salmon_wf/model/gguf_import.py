@@ -25,8 +25,8 @@ import torch
 
 from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import expected_shapes, save_checkpoint
+from salmon_wf.model.dtypes import DTYPES
 from salmon_wf.model.importing import (
-    STORAGE_DTYPES,
     add_output_arguments,
     check_dtype_and_mp,
     check_out_dir,
@@ -361,7 +361,7 @@ def import_gguf(
         f"heads {args.n_heads}/{args.kv_heads}, vocab {args.vocab_size}, "
         f"tied head {args.tie_word_embeddings}"
     )
-    state = dequantised_weights(meta, args, STORAGE_DTYPES[dtype])
+    state = dequantised_weights(meta, args, DTYPES[dtype])
     log(f"dequantised to {dtype} in {time.perf_counter() - start:.1f} s")
 
     tmp = fresh_tmp_dir(out)

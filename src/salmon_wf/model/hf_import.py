@@ -33,10 +33,10 @@ import torch
 
 from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import expected_shapes
+from salmon_wf.model.dtypes import DTYPES
 from salmon_wf.model.hf_export import halves_to_interleaved
 from salmon_wf.model.hf_weights import TensorFiles, open_weights
 from salmon_wf.model.importing import (
-    STORAGE_DTYPES,
     add_output_arguments,
     check_dtype_and_mp,
     check_out_dir,
@@ -325,8 +325,8 @@ def import_hf(
     tmp = fresh_tmp_dir(out)
     try:
         copied = _copy_tokenizer(hf_dir, tmp, args)
-        writer = ShardWriter(tmp, args, shapes, mp, STORAGE_DTYPES[dtype])
-        numel = writer.rank_bytes() // torch.empty((), dtype=STORAGE_DTYPES[dtype]).element_size()
+        writer = ShardWriter(tmp, args, shapes, mp, DTYPES[dtype])
+        numel = writer.rank_bytes() // torch.empty((), dtype=DTYPES[dtype]).element_size()
         largest = max(math.prod(weights.info[n].shape) for n in plan.values())
         log(
             f"{hf_dir.name}: {args.n_layers} layers, dim {args.dim}, heads {args.n_heads}/"
@@ -335,7 +335,7 @@ def import_hf(
             f"{args.tie_word_embeddings}; {len(plan)} weights ({_mib(weights.nbytes)}), "
             f"{len(merged)} adapter(s); largest tensor {_mib(largest * 4)} in fp32"
         )
-        sizes = ", ".join(f"{k} {_mib(numel * v.itemsize)}" for k, v in STORAGE_DTYPES.items())
+        sizes = ", ".join(f"{k} {_mib(numel * v.itemsize)}" for k, v in DTYPES.items())
         log(f"each of {mp} rank(s): {numel:,} weights, {sizes}; stored as {dtype}")
         try:
             by_file = sorted(plan.items(), key=lambda item: str(weights.info[item[1]].file))

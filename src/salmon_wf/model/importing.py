@@ -12,11 +12,9 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
-
 from salmon_wf.errors import CheckpointError, ConfigError
+from salmon_wf.model.dtypes import DTYPES
 
-STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Files an import writes: an existing OUT_DIR holding only these may be replaced.
 OUTPUT_FILES = re.compile(
     r"params\.json|consolidated\.\d+\.pth|tokenizer(_config)?\.json|tokenizer\.model"
@@ -81,16 +79,14 @@ def add_output_arguments(parser: argparse.ArgumentParser, dtype_note: str = "") 
     parser.add_argument("--mp", type=int, default=1, help="model-parallel shards to write")
     parser.add_argument(
         "--dtype",
-        choices=sorted(STORAGE_DTYPES),
+        choices=sorted(DTYPES),
         default="fp32",
         help=f"dtype of the stored weights ({dtype_note}the loader casts to its own dtype)",
     )
 
 
 def check_dtype_and_mp(dtype: str, mp: int) -> None:
-    if dtype not in STORAGE_DTYPES:
-        raise ConfigError(
-            f"must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}", field="--dtype"
-        )
+    if dtype not in DTYPES:
+        raise ConfigError(f"must be one of {sorted(DTYPES)}, got {dtype!r}", field="--dtype")
     if mp < 1:
         raise ConfigError(f"must be at least 1, got {mp}", field="--mp")

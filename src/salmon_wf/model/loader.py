@@ -10,13 +10,12 @@ import torch
 
 from salmon_wf.errors import CheckpointError, ConfigError
 from salmon_wf.model.checkpoint import load_rank_state
+from salmon_wf.model.dtypes import DTYPES
 from salmon_wf.model.lora import load_adapters, merge_into_rank_state
 from salmon_wf.model.parallel import ParallelContext
 from salmon_wf.model.params import ModelArgs
 from salmon_wf.model.tokenizer import Tokenizer, load_tokenizer
 from salmon_wf.model.transformer import Transformer, default_dtype
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass

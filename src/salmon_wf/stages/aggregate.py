@@ -46,7 +46,7 @@ import gc
 import json
 import os
 import queue
-import resource
+import sys
 import threading
 import time
 from collections import Counter
@@ -66,6 +66,7 @@ from salmon_wf.data.jsonl import parse_record
 from salmon_wf.data.langid import DEFAULT_MAX_CHARS, LanguageDetection, check_model
 from salmon_wf.data.principles import load_principles
 from salmon_wf.errors import RecordError
+from salmon_wf.progress import Progress
 
 DEFAULT_EXCLUDED = ("Overall Helpful", "Natural and Fluent", "Multilingual")
 RULES = ("none", "ai_language_model", "language")  # a record's `rule`; index = rule code
@@ -594,7 +595,7 @@ class Aggregation:
     ) -> None:
         settings.check()
         self.settings = settings
-        progress = _Progress()
+        progress = Progress("aggregate", stream=sys.stdout)  # one line per step
         known = [p.dimension for p in load_principles(principles)]
         self.dims = resolve_dimensions(known, settings.dimensions)
         # A wrong model path fails here, before any reading (LanguageDetection checks it too).
@@ -707,19 +708,6 @@ class Aggregation:
             "negated_principles": totals["negated"],
             "principles_per_example": {str(k): int(c) for k, c in enumerate(per_k) if k and c},
         }
-
-
-class _Progress:
-    """One line per finished step, with its seconds (the stage's log shows where time goes)."""
-
-    def __init__(self) -> None:
-        self.last = time.perf_counter()
-
-    def step(self, what: str) -> None:
-        now = time.perf_counter()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        print(f"aggregate: {what} ({now - self.last:.1f} s, peak {peak / 1e9:.2f} GB)", flush=True)
-        self.last = now
 
 
 def _differs(instruction: str | None, output: str | None) -> bool:

@@ -1,18 +1,19 @@
-"""What the GPU stages (sample, judge) share: model options, rank set-up, sharding, progress."""
+"""What the GPU stages (sample, judge) share: model options, rank set-up, sharding, resuming."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch.distributed as dist
 
+from salmon_wf.data.jsonl import ResumableOutput
 from salmon_wf.engine.context import POLICIES
 from salmon_wf.errors import ConfigError
-from salmon_wf.model.loader import DTYPES, LoadedModel, load_model
+from salmon_wf.model.dtypes import DTYPES
+from salmon_wf.model.loader import LoadedModel, load_model
 from salmon_wf.model.parallel import ParallelContext, setup_model_parallel
 
 T = TypeVar("T")
@@ -59,21 +60,22 @@ def barrier() -> None:
         dist.barrier()
 
 
-class Progress:
-    """One line per update on stderr: done/total, rate and ETA (rank 0 only)."""
+Record = dict[str, Any]
 
-    def __init__(self, label: str, total: int, done: int = 0, enabled: bool = True) -> None:
-        self.label, self.total, self.done = label, total, done
-        self.start_done, self.enabled = done, enabled
-        self.started = self.last = time.monotonic()
 
-    def update(self, n: int = 1, extra: str = "") -> None:
-        self.done += n
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 5 and self.done < self.total):
-            return
-        self.last = now
-        rate = (self.done - self.start_done) / max(now - self.started, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        line = f"[{self.label}] {self.done}/{self.total} ({rate:.2f}/s, eta {eta:.0f}s) {extra}"
-        print(line.rstrip(), file=sys.stderr, flush=True)
+def resume(
+    output: Path,
+    fingerprint: str,
+    ctx: ParallelContext,
+    keep: Callable[[list[Record]], list[Record]],
+) -> tuple[ResumableOutput, list[Record]]:
+    """A shard's output, started again with `keep(records an earlier run of this job finished)`.
+
+    Every rank reads the partial file before rank 0 rewrites it (the barrier), so the ranks agree
+    on what is left to do. `keep` chooses the complete work (its order is the file's again).
+    """
+    out = ResumableOutput(output, fingerprint, writer=ctx.is_main)
+    kept = keep(out.existing())
+    barrier()
+    out.start(kept)
+    return out, kept

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import Counter
 from pathlib import Path
 
-from salmon_wf.data.jsonl import ResumableOutput, write_json
+from salmon_wf.data.jsonl import write_json
 from salmon_wf.data.principles import Principle, load_principles
 from salmon_wf.engine.context import fit_prompt
 from salmon_wf.engine.scorer import PrefixScorer
 from salmon_wf.errors import ConfigError, TemplateError
 from salmon_wf.model.tokenizer import Tokenizer
-from salmon_wf.stages.common import Progress, add_model_arguments, barrier, shard_items, start_rank
+from salmon_wf.progress import Progress
+from salmon_wf.stages.common import add_model_arguments, resume, shard_items, start_rank
 from salmon_wf.stages.pair import Pair, read_pairs
 
 PLACEHOLDERS = ("UserInstruction", "OutputA", "OutputB", "Dimension", "Definition")
@@ -124,15 +126,14 @@ def run(args: argparse.Namespace) -> int:
     if len(choices) != 2:
         raise ConfigError(f"must be given exactly twice, got {choices}", field="--choices")
     ids = answer_ids(tok, args.answer_context, choices)
-    out = ResumableOutput(args.output, args.fingerprint, writer=ctx.is_main)
-    previous = out.existing()
-    barrier()
-    per_pair: dict[str, list[dict]] = {}
-    for record in previous:
-        per_pair.setdefault(record["id"], []).append(record)
-    complete = {k for k, v in per_pair.items() if len(v) == len(principles)}
-    kept = [r for r in previous if r["id"] in complete]
-    out.start(kept)
+
+    def complete_pairs(records: list[dict]) -> list[dict]:
+        """Records of the pairs an earlier run judged under every principle (the rest redone)."""
+        per_pair = Counter(r["id"] for r in records)
+        return [r for r in records if per_pair[r["id"]] == len(principles)]
+
+    out, kept = resume(args.output, args.fingerprint, ctx, complete_pairs)
+    complete = {r["id"] for r in kept}
     todo = [p for p in pairs if p.id not in complete]
     bos = tok.add_bos and not args.no_bos
     scorer = PrefixScorer(loaded.model, args.max_rows, template_head(tok, template, bos))

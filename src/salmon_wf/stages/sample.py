@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from salmon_wf.data.jsonl import ResumableOutput, read_jsonl
+from salmon_wf.data.jsonl import read_jsonl
 from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
 from salmon_wf.engine.context import common_prefix
 from salmon_wf.engine.sampler import Completion, Request, Sampler, SamplingParams
 from salmon_wf.model.tokenizer import Tokenizer
-from salmon_wf.stages.common import Progress, add_model_arguments, barrier, shard_items, start_rank
+from salmon_wf.progress import Progress
+from salmon_wf.stages.common import add_model_arguments, resume, shard_items, start_rank
 
 MIN_SHARED_PREFIX = 8  # tokens: below this a prefix cache is not worth a copy
 
@@ -139,12 +140,15 @@ def run(args: argparse.Namespace) -> int:
     meta = args.meta_prompt.read_text(encoding="utf-8").rstrip("\n") if args.meta_prompt else ""
     ctx, loaded = start_rank(args)
     tok = loaded.tokenizer
-    out = ResumableOutput(args.output, args.fingerprint, writer=ctx.is_main)
-    done = {r["id"]: r for r in out.existing()}
-    barrier()  # every rank has read the partial file before rank 0 rewrites it
-    todo = [p for p in prompts if p["id"] not in done]
-    kept = [done[p["id"]] for p in prompts if p["id"] in done]
-    out.start(kept)
+
+    def finished(records: list[dict]) -> list[dict]:
+        """This shard's prompts an earlier run answered, in prompt order."""
+        done = {r["id"]: r for r in records}
+        return [done[p["id"]] for p in prompts if p["id"] in done]
+
+    out, kept = resume(args.output, args.fingerprint, ctx, finished)
+    resumed = {r["id"] for r in kept}
+    todo = [p for p in prompts if p["id"] not in resumed]
     by_id = {p["id"]: p for p in todo}
     meta_ids = encode_prompt(tok, args.style, {"instruction": ""}, meta)
     requests = []
