@@ -25,7 +25,7 @@ rule aggregate:
         **CPU_RESOURCES,
     params:
         salmon=SALMON,
-        options=flags(config["aggregate"]),
+        options=command_flags("aggregate", config["aggregate"]),
     shell:
         "{params.salmon} aggregate --pairs {input.pairs:q} --pairs-summary {input.pairs_summary:q}"
         " --judgments {input.judgments:q}"

@@ -1,37 +1,36 @@
 # Shared set-up: config validation with defaults, paths, and the helpers every rule uses.
 import functools
 import os
+import shlex
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.common import get_appdirs
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
+from salmon_wf.config import command_flags, run_settings, validate
+from salmon_wf.errors import ConfigError
 from salmon_wf.workflow import (
     Recipes,
     conversion_command,
     ease_garbage_collection,
-    flags,
     group_shape,
     profile_names,
     resolve_salmon_prompts,
     shadowed_profiles,
-    run_settings,
     slurm_resources,
 )
 
 min_version("9.0")
 ease_garbage_collection()
 
-SCHEMA_PATH = workflow.source_path("../schemas/config.schema.yaml")
-validate(config, SCHEMA_PATH, set_default=True)
-with open(SCHEMA_PATH) as schema_file:
-    SCHEMA = yaml.safe_load(schema_file)
+# The package's schema (salmon_wf/config.schema.yaml = schemas/config.schema.yaml) fills in
+# the defaults; a typo'd or ill-typed key stops the workflow here, named in one line.
 try:
-    resolve_salmon_prompts(config, SCHEMA)
-except ValueError as error:
+    validate(config)
+    resolve_salmon_prompts(config)
+except (ConfigError, ValueError) as error:
     raise WorkflowError(str(error)) from None
 _dirs = get_appdirs()
 for _name, _theirs in shadowed_profiles(
@@ -50,7 +49,7 @@ for _name, _theirs in shadowed_profiles(
 RESULTS = config["results_dir"]
 MODELS = config["models_dir"]
 RUNS = list(config["sampling"]["runs"])
-RECIPES = Recipes(config, SCHEMA)
+RECIPES = Recipes(config)
 # The interpreter running snakemake also runs the stages: no PATH or activation needed.
 SALMON = f"{sys.executable} -m salmon_wf.cli"
 GPU_RESOURCES = slurm_resources(config, "gpu")
@@ -66,7 +65,7 @@ wildcard_constraints:
 
 
 def run_cfg(run):
-    return run_settings(config, SCHEMA, run)
+    return run_settings(config, run)
 
 
 def model_dir():
@@ -78,16 +77,8 @@ def model_dir():
 @functools.cache
 def model_args():
     """Flags every model-running stage takes."""
-    m = config["model"]
-    return flags(
-        {
-            "model": model_dir(),
-            "dtype": m["dtype"],
-            "device": m["device"],
-            "max_seq_len": m["max_seq_len"],
-            "threads": m["threads"],
-        }
-    )
+    model = shlex.quote(model_dir())
+    return f"--model {model} {command_flags('model', config['model'])}"
 
 
 @functools.cache
@@ -108,21 +99,12 @@ def shard_paths(pattern, n, **fields):
 
 
 def sample_args(run):
-    cfg = run_cfg(run)
-    keep = ("seed", "temperature", "top_p", "max_new_tokens", "stop", "style")
-    keep += ("meta_prompt", "batch_size", "long_prompt_policy")
-    keep += ("cut_at", "window", "max_shared_seq_len")
-    no_stop = {"no_stop": True} if not cfg["stop"] else {}  # [] gives no --stop flags
-    return flags({k: cfg[k] for k in keep} | no_stop | {"label": run})
+    return f"{command_flags('sample', run_cfg(run))} --label {shlex.quote(run)}"
 
 
 @functools.cache
 def judge_args():
-    cfg = config["judge"]
-    keep = ("answer_context", "choices", "max_rows")
-    keep += ("long_prompt_policy", "max_length")
-    options = {k: cfg[k] for k in keep}
-    return flags(options) + ("" if cfg["add_bos"] else " --no-bos")
+    return command_flags("judge", config["judge"])
 
 
 # One string per shard job, built here once per job: Snakemake's own placeholder formatting

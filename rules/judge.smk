@@ -40,11 +40,9 @@ rule pair_responses:
         **CPU_RESOURCES,
     params:
         salmon=SALMON,
-        min_chars=config["judge"]["min_chars"],
-        min_chars_of=config["judge"]["min_chars_of"],
+        options=command_flags("pair", config["judge"]),
     shell:
-        "{params.salmon} pair --responses {input.responses:q} --min-chars {params.min_chars}"
-        " --min-chars-of {params.min_chars_of}"
+        "{params.salmon} pair --responses {input.responses:q} {params.options}"
         " --output {output.pairs:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 

@@ -18,9 +18,7 @@ rule clean_prompts:
         **CPU_RESOURCES,
     params:
         salmon=SALMON,
-        options=flags(
-            {k: v for k, v in config["prompts"].items() if k not in ("input",)}
-        ),
+        options=command_flags("clean-prompts", config["prompts"]),
     shell:
         "{params.salmon} clean-prompts --input {input:q} --output {output.prompts:q}"
         " --summary {output.summary:q} {params.options} > {log:q} 2>&1"

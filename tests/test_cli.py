@@ -13,7 +13,7 @@ from salmon_wf.cli import main
 from salmon_wf.model.parallel import teardown_model_parallel
 
 GENERATE = ["generate", "--prompt", "Tell me about the sea.", "--max-new-tokens", "12"]
-GENERATE += ["--temperature", "0.8", "--seed", "5"]
+GENERATE += ["--temperature", "0.8", "--seed", "5", "--style", "plain", "--no-stop"]
 
 
 def test_tiny_model_command_writes_meta_layout(tmp_path: Path) -> None:

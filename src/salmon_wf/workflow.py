@@ -23,6 +23,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from salmon_wf.config import run_settings
+
 # Settings that change how work is split or batched, not what it computes.
 LAYOUT_KEYS = frozenset({"shards", "batch_size", "max_rows", "threads"})
 
@@ -58,21 +60,6 @@ def file_stamp(path: str | Path, hash_limit: int = 1 << 24) -> str:
     return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
-def schema_defaults(schema: dict[str, Any], name: str) -> dict[str, Any]:
-    """Defaults of a `definitions` entry (jsonschema does not fill defaults through $ref)."""
-    props = schema["definitions"][name]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
-
-
-def run_settings(config: dict[str, Any], schema: dict[str, Any], run: str) -> dict[str, Any]:
-    sampling = config["sampling"]
-    return (
-        schema_defaults(schema, "sampling_run")
-        | sampling.get("defaults", {})
-        | sampling["runs"][run]
-    )
-
-
 # SALMON's texts in its repository's prompts/ folder, and the config keys they fill.
 SALMON_PROMPTS = {
     ("sampling", "defaults", "meta_prompt"): "dromedary_inference_prompt.txt",
@@ -81,7 +68,7 @@ SALMON_PROMPTS = {
 }
 
 
-def resolve_salmon_prompts(config: dict[str, Any], schema: dict[str, Any]) -> None:
+def resolve_salmon_prompts(config: dict[str, Any]) -> None:
     """Fill the three text paths from `salmon_prompts_dir`; fail, naming them, when any is empty.
 
     SALMON's meta prompt, judging template and principle file are not ours to ship, so the
@@ -98,9 +85,7 @@ def resolve_salmon_prompts(config: dict[str, Any], schema: dict[str, Any]) -> No
                 node = node.setdefault(parent, {})
             node[key] = str(Path(folder) / name)
     empty = [f"judge.{k}" for k in ("template", "principles") if not config["judge"].get(k)]
-    runs = [
-        r for r in config["sampling"]["runs"] if not run_settings(config, schema, r)["meta_prompt"]
-    ]
+    runs = [r for r in config["sampling"]["runs"] if not run_settings(config, r)["meta_prompt"]]
     if runs:
         empty.append(f"sampling.defaults.meta_prompt (runs {', '.join(runs)})")
     if empty:
@@ -144,22 +129,6 @@ def semantic(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in LAYOUT_KEYS}
 
 
-def flags(options: dict[str, Any]) -> str:
-    """Shell-quoted CLI flags: key_name -> --key-name; lists repeat the flag; bools toggle."""
-    parts: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, list | tuple):
-            parts += [item for v in value for item in (flag, shlex.quote(str(v)))]
-        else:
-            parts += [flag, shlex.quote(str(value))]
-    return " ".join(parts)
-
-
 SOURCES_WITH_PATH = ("dir", "gguf", "hf")
 
 
@@ -201,8 +170,8 @@ class Recipes:
     Memoised: Snakemake evaluates params per job, and a DAG may hold thousands of shard jobs.
     """
 
-    def __init__(self, config: dict[str, Any], schema: dict[str, Any]) -> None:
-        self.config, self.schema = config, schema
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
 
     @functools.cache  # noqa: B019 - one Recipes per workflow run
     def prompts(self) -> str:
@@ -224,7 +193,7 @@ class Recipes:
 
     @functools.cache  # noqa: B019 - one Recipes per workflow run
     def sample(self, run: str) -> str:
-        settings = semantic(run_settings(self.config, self.schema, run))
+        settings = semantic(run_settings(self.config, run))
         settings["meta_prompt_stamp"] = file_stamp(settings.get("meta_prompt", ""))
         return digest({"run": settings, "prompts": self.prompts(), "model": self.model()})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from salmon_wf.config import add_list_option, command_defaults
 from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
 from salmon_wf.model.loader import DTYPES, load_model
@@ -19,15 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", help="tokenizer.model / tokenizer.json overriding the model's"
     )
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--style", choices=STYLES, default="plain", help="prompt format")
+    # The sampling runs' defaults (the schema's definitions/sampling_run) and the model's.
+    d, m = command_defaults("generate"), command_defaults("model")
+    parser.add_argument("--style", choices=STYLES, default=d["style"], help="prompt format")
     parser.add_argument("--system", default="", help="meta / system prompt for the style")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
+    parser.add_argument("--temperature", type=float, default=d["temperature"], help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=d["top_p"])
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_list_option(parser, "stop", d["stop"], "stop string (repeatable)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=m["dtype"])
+    parser.add_argument("--device", default=m["device"], help="auto, cpu or cuda")
 
 
 def run(args: argparse.Namespace) -> int:

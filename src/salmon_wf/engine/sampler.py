@@ -16,16 +16,21 @@ from dataclasses import dataclass, field
 
 import torch
 
+from salmon_wf.config import command_defaults
 from salmon_wf.engine.context import fit_prompt
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.model.transformer import KVCache, Transformer
 
+_RUN = command_defaults("generate")  # the schema's sampling run defaults
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.7  # 0 = greedy
-    top_p: float = 1.0
-    max_new_tokens: int = 256
+    """One run's sampling; the defaults are the config schema's (stop: none, a library's own)."""
+
+    temperature: float = _RUN["temperature"]  # 0 = greedy
+    top_p: float = _RUN["top_p"]
+    max_new_tokens: int = _RUN["max_new_tokens"]
     stop: tuple[str, ...] = ()
     seed: int = 42
     ignore_eos: bool = False  # run every row to max_new_tokens (benchmarks: equal work)

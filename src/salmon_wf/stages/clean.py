@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from salmon_wf.config import add_list_option, command_defaults
 from salmon_wf.data.jsonl import write_json, write_jsonl
 from salmon_wf.data.oasst import (
     LAYOUTS,
@@ -51,16 +52,20 @@ DROP_REASONS = (
 )
 
 
+_PROMPTS = command_defaults("clean-prompts")
+
+
 @dataclass(frozen=True)
 class PromptFilter:
-    """Filter options; defaults match config.yaml (min_chars 4 drops "Hi", max 4096 keeps all)."""
+    """Filter options; the defaults are the config schema's prompts section (min_chars 4 drops
+    "Hi", max 4096 keeps all). require_reply is SALMON's own rule: no config key turns it off."""
 
-    drop_deleted: bool = True
-    drop_review_failed: bool = True
-    languages: tuple[str, ...] = ()  # primary subtags; empty = every language
-    dedupe: bool = True
-    min_chars: int = 4
-    max_chars: int = 4096
+    drop_deleted: bool = _PROMPTS["drop_deleted"]
+    drop_review_failed: bool = _PROMPTS["drop_review_failed"]
+    languages: tuple[str, ...] = tuple(_PROMPTS["languages"])  # primary subtags; () = all
+    dedupe: bool = _PROMPTS["dedupe"]
+    min_chars: int = _PROMPTS["min_chars"]
+    max_chars: int = _PROMPTS["max_chars"]
     require_reply: bool = True
 
     def __post_init__(self) -> None:
@@ -151,20 +156,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="OASST1 file or parquet folder")
     parser.add_argument("--output", required=True, type=Path, help="prompts.jsonl to write")
     parser.add_argument("--summary", type=Path, help="JSON summary to write (counts, drops)")
-    parser.add_argument("--format", choices=("auto", *LAYOUTS), default="auto")
+    parser.add_argument("--format", choices=("auto", *LAYOUTS), default=_PROMPTS["format"])
     parser.add_argument(
         "--split",
         choices=(*SPLITS, "all"),
-        default="train",
+        default=_PROMPTS["split"],
         help="OASST1 split to read, told by file name (SALMON: train)",
     )
     parser.add_argument("--drop-deleted", action=toggle, default=defaults.drop_deleted)
     parser.add_argument("--drop-review-failed", action=toggle, default=defaults.drop_review_failed)
-    parser.add_argument(
-        "--languages",
-        action="append",
-        default=None,
-        help="allowed primary language subtag (repeatable or comma separated); default all",
+    add_list_option(
+        parser,
+        "languages",
+        list(defaults.languages),
+        "allowed primary language subtag (repeatable or comma separated); default all",
     )
     parser.add_argument("--dedupe", action=toggle, default=defaults.dedupe)
     parser.add_argument(

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
+from salmon_wf.config import command_defaults
 from salmon_wf.data.jsonl import ResumableOutput
 from salmon_wf.engine.context import POLICIES
 from salmon_wf.errors import ConfigError
@@ -20,16 +21,26 @@ T = TypeVar("T")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model flags; defaults are the schema's model section (and a sampling run's policy)."""
+    m = command_defaults("model")
+    policy = command_defaults("sample")["long_prompt_policy"]
     parser.add_argument("--model", required=True, help="model directory (Meta layout)")
     parser.add_argument("--tokenizer", help="tokenizer file overriding the model directory's")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--max-seq-len", type=int, help="context limit (default: the model's)")
-    parser.add_argument("--long-prompt-policy", choices=POLICIES, default="skip")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=m["dtype"])
+    parser.add_argument("--device", default=m["device"], help="auto, cpu or cuda")
+    parser.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=m["max_seq_len"],
+        help="context limit (null: the model's)",
+    )
+    parser.add_argument("--long-prompt-policy", choices=POLICIES, default=policy)
     parser.add_argument("--shard", type=int, default=0, help="this job's shard index i")
     parser.add_argument("--num-shards", type=int, default=1, help="shards n: items[i::n]")
     parser.add_argument("--fingerprint", default="", help="job identity for resuming partial work")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per rank")
+    parser.add_argument(
+        "--threads", type=int, default=m["threads"], help="torch CPU threads per rank"
+    )
 
 
 def shard_items(items: Sequence[T], shard: int, num_shards: int) -> list[T]:

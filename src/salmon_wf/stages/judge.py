@@ -19,6 +19,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from salmon_wf.config import add_list_option, command_defaults
 from salmon_wf.data.jsonl import write_json
 from salmon_wf.data.principles import Principle, load_principles
 from salmon_wf.engine.context import fit_prompt
@@ -93,14 +94,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--principles", required=True, type=Path)
     parser.add_argument("--template", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path, help="this shard's judgments")
-    parser.add_argument("--answer-context", default="Output (", help="text the choice follows")
+    d = command_defaults("judge")  # the schema's judge section
+    parser.set_defaults(long_prompt_policy=d["long_prompt_policy"])
     parser.add_argument(
-        "--choices", action="append", help="the two choice pieces (give twice; default a, b)"
+        "--answer-context", default=d["answer_context"], help="text the choice follows"
     )
-    parser.add_argument("--no-bos", action="store_true", help="do not prefix prompts with BOS")
-    parser.add_argument("--max-rows", type=int, default=16, help="rows of one forward batch")
+    add_list_option(parser, "choices", d["choices"], "the two choice pieces (give twice)")
     parser.add_argument(
-        "--max-length", type=int, help="judging prompt limit in tokens (default: the context)"
+        "--add-bos",
+        action=argparse.BooleanOptionalAction,
+        default=d["add_bos"],
+        help="prefix prompts with the tokenizer's BOS (--no-bos: the same as --no-add-bos)",
+    )
+    parser.add_argument("--no-bos", dest="add_bos", action="store_false", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--max-rows", type=int, default=d["max_rows"], help="rows of one forward batch"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=d["max_length"],
+        help="judging prompt limit in tokens (default: the context)",
     )
     parser.add_argument("--summary", type=Path, help="JSON counts: judged, skipped, truncated")
 
@@ -122,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = shard_items(read_pairs(args.pairs), args.shard, args.num_shards)
     ctx, loaded = start_rank(args)
     tok = loaded.tokenizer
-    choices = tuple(args.choices or ("a", "b"))
+    choices = tuple(args.choices)
     if len(choices) != 2:
         raise ConfigError(f"must be given exactly twice, got {choices}", field="--choices")
     ids = answer_ids(tok, args.answer_context, choices)
@@ -135,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     out, kept = resume(args.output, args.fingerprint, ctx, complete_pairs)
     complete = {r["id"] for r in kept}
     todo = [p for p in pairs if p.id not in complete]
-    bos = tok.add_bos and not args.no_bos
+    bos = tok.add_bos and args.add_bos
     scorer = PrefixScorer(loaded.model, args.max_rows, template_head(tok, template, bos))
     limit = judge_limit(loaded.model.args.max_seq_len, args.max_length)
     label = f"judge shard {args.shard + 1}/{args.num_shards}"

@@ -13,6 +13,7 @@ import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from salmon_wf.config import command_defaults
 from salmon_wf.data.jsonl import read_jsonl, write_json, write_jsonl
 
 RESPONSE_FIELDS = ("id", "instruction", "response")
@@ -64,11 +65,14 @@ def read_pairs(path: Path) -> list[Pair]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--responses", nargs=2, required=True, type=Path, metavar=("RUN0", "RUN1"))
-    parser.add_argument("--min-chars", type=int, default=16, help="shorter responses: pair dropped")
+    d = command_defaults("pair")  # the schema's judge.min_chars, judge.min_chars_of
+    parser.add_argument(
+        "--min-chars", type=int, default=d["min_chars"], help="shorter responses: pair dropped"
+    )
     parser.add_argument(
         "--min-chars-of",
         choices=sorted(MIN_CHARS_OF),
-        default="clean",
+        default=d["min_chars_of"],
         help="what --min-chars measures: the cleaned response or the raw generation (SALMON)",
     )
     parser.add_argument("--output", required=True, type=Path, help="pairs.jsonl")

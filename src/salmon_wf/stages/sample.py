@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from salmon_wf.config import add_list_option, command_defaults
 from salmon_wf.data.jsonl import read_jsonl
 from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
 from salmon_wf.engine.context import common_prefix
@@ -30,37 +31,41 @@ MIN_SHARED_PREFIX = 8  # tokens: below this a prefix cache is not worth a copy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling run's flags; every default is the schema's (definitions/sampling_run)."""
+    d = command_defaults("sample")
     add_model_arguments(parser)
     parser.add_argument("--prompts", required=True, type=Path, help="prompts.jsonl")
     parser.add_argument("--output", required=True, type=Path, help="this shard's responses")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=768)
-    parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    parser.add_argument(
-        "--no-stop", action="store_true", help="no stop string: decode to EOS or the budget"
+    parser.add_argument("--seed", type=int, default=42, help="the run's seed (config: required)")
+    parser.add_argument("--temperature", type=float, default=d["temperature"])
+    parser.add_argument("--top-p", type=float, default=d["top_p"])
+    parser.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
+    add_list_option(
+        parser, "stop", d["stop"], "stop string (repeatable); --no-stop: to EOS or the budget"
     )
-    parser.add_argument(
-        "--cut-at",
-        action="append",
-        default=None,
-        help="the response is the generation cut at the first of these (default: the stops)",
+    add_list_option(
+        parser,
+        "cut_at",
+        d["cut_at"],
+        "the response is the generation cut at the first of these (default: the stops)",
     )
     parser.add_argument(
         "--window",
         type=int,
+        default=d["window"],
         help="prompt after the shared prefix + generation, in tokens (SALMON's max_seq_len)",
     )
     parser.add_argument(
         "--max-shared-seq-len",
         type=int,
-        default=0,
+        default=d["max_shared_seq_len"],
         help="shared leading tokens kept outside the window (SALMON: 640; 0: none)",
     )
-    parser.add_argument("--style", choices=STYLES, default="dromedary")
+    parser.add_argument("--style", choices=STYLES, default=d["style"])
     parser.add_argument("--meta-prompt", type=Path, help="text file put before every prompt")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once")
+    parser.add_argument(
+        "--batch-size", type=int, default=d["batch_size"], help="prompts decoded at once"
+    )
     parser.add_argument("--label", default="sample", help="name shown in progress lines")
 
 
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = shard_items(
         list(read_jsonl(args.prompts, required=("id", "instruction"))), args.shard, args.num_shards
     )
-    stops = () if args.no_stop else tuple(["###"] if args.stop is None else args.stop)
+    stops = tuple(args.stop)
     cuts = stops if args.cut_at is None else tuple(args.cut_at)
     params = SamplingParams(
         temperature=args.temperature,
