@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import functools
 import shlex
 from pathlib import Path
@@ -172,7 +173,10 @@ def _one_line(error: Any) -> ConfigError:
         unknown = sorted(k for k in error.instance if k not in known)
         name = unknown[0] if len(unknown) == 1 else ", ".join(unknown)
         key = name if where == "config" else f"{where}.{name}"
-        return ConfigError(f"unknown key (known: {', '.join(known)})", field=f"config {key}")
+        close = difflib.get_close_matches(unknown[0], known, n=1) if len(unknown) == 1 else []
+        hint = f"did you mean {close[0]}? " if close else ""
+        what = f"unknown key ({hint}known: {', '.join(known)})"
+        return ConfigError(what, field=f"config {key}")
     return ConfigError(error.message, field=f"config {where}")
 
 
