@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 
 import pytest
+from helpers import HAVE_SMOLLM2, write_jsonl
 
 from salmon_wf.model.gguf_import import SMOLLM2_PACKAGE, import_gguf
 from salmon_wf.model.loader import LoadedModel, load_model
@@ -15,12 +15,6 @@ from salmon_wf.model.parallel import ParallelContext, setup_model_parallel, tear
 from salmon_wf.model.tiny import make_tiny_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-try:
-    metadata.distribution(SMOLLM2_PACKAGE)
-    HAVE_SMOLLM2 = True
-except metadata.PackageNotFoundError:
-    HAVE_SMOLLM2 = False
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +50,27 @@ def single_rank() -> Iterator[ParallelContext]:
 @pytest.fixture
 def tiny(tiny_dir: Path, single_rank: ParallelContext) -> LoadedModel:
     return load_model(tiny_dir, single_rank)
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Two sampling runs (run 1 lacks p0, has an extra id; p3 is short) and their prompts."""
+    answers = [
+        "Bread needs flour, water, salt and yeast.",
+        "Trains run on rails between cities.",
+        "Sleep helps the body recover.",
+        "ok",
+        "The sea is salty because of minerals.",
+    ]
+    run0 = [
+        {"id": f"p{i}", "instruction": f"Question {i}?", "input": "", "response": a}
+        for i, a in enumerate(answers)
+    ]
+    run1 = [dict(r, response=r["response"][::-1] + " More words here.") for r in run0]
+    run1 = [*run1[1:][::-1], {"id": "extra", "instruction": "x", "response": "only in run 1"}]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": r["id"]} for r in run0])
+    return (
+        write_jsonl(tmp_path / "r0.jsonl", run0),
+        write_jsonl(tmp_path / "r1.jsonl", run1),
+        prompts,
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from dromedary import expand_state, slice_bounds, write_expanded
-from test_model import spawn
+from helpers import spawn
 
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
 from salmon_wf.engine.scorer import PrefixScorer

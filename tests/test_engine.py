@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_model import spawn
+from helpers import spawn
 
 from salmon_wf.engine.context import fit_prompt
 from salmon_wf.engine.sampler import (

@@ -178,9 +178,7 @@ def test_gather_duplicate_record(tmp_path: Path) -> None:
     shard = write_lines(tmp_path / "s.jsonl", '{"id": "a"}', '{"id": "a"}')
     command = ["gather", "--prompts", str(prompts), "--shards", str(shard)]
     lines = failing([*command, "--output", str(tmp_path / "out.jsonl")])
-    assert lines == [
-        f"salmon-wf gather: error: {shard}: duplicate record ('a', '') (also in {shard})"
-    ]
+    assert lines == [f"salmon-wf gather: error: {shard}: duplicate record 'a' (also in {shard})"]
 
 
 def test_pair_bad_record_and_missing_input(tmp_path: Path) -> None:

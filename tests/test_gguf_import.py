@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import HAVE_SMOLLM2
+from helpers import HAVE_SMOLLM2
 
 from salmon_wf.cli import main as cli_main
 from salmon_wf.errors import CheckpointError

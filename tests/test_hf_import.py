@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import spawn
 from hf_models import (
     LLAMA3_SCALING,
     hf_greedy,
@@ -18,7 +19,6 @@ from hf_models import (
     random_hf_model,
     save_hf,
 )
-from test_model import spawn
 
 from salmon_wf.cli import main as cli_main
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import planned_jobs, snakemake, write_config
 from hf_tiny import write_hf_llama, write_lora_adapter
-from test_workflow import planned_jobs, snakemake, write_config
 
 from salmon_wf.data.jsonl import read_jsonl
 from salmon_wf.engine.chat import encode_chat

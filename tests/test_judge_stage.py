@@ -13,64 +13,12 @@ from salmon_wf.data.jsonl import read_jsonl
 from salmon_wf.data.principles import load_principles
 from salmon_wf.model.loader import LoadedModel
 from salmon_wf.model.parallel import teardown_model_parallel
-from salmon_wf.stages.gather import gather
+from salmon_wf.stages.gather import gather_judgments
 from salmon_wf.stages.judge import decide, load_template, pair_prompts, render
-from salmon_wf.stages.pair import Pair, make_pairs, read_pairs
+from salmon_wf.stages.pair import Pair, make_pairs
 
 RESOURCES = Path(__file__).resolve().parents[1] / "src" / "salmon_wf" / "resources"
 TEMPLATE = RESOURCES / "judge_template.txt"
-
-
-def write(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> tuple[Path, Path, Path]:
-    answers = [
-        "Bread needs flour, water, salt and yeast.",
-        "Trains run on rails between cities.",
-        "Sleep helps the body recover.",
-        "ok",
-        "The sea is salty because of minerals.",
-    ]
-    run0 = [
-        {"id": f"p{i}", "instruction": f"Question {i}?", "input": "", "response": a}
-        for i, a in enumerate(answers)
-    ]
-    run1 = [dict(r, response=r["response"][::-1] + " More words here.") for r in run0]
-    run1 = [*run1[1:][::-1], {"id": "extra", "instruction": "x", "response": "only in run 1"}]
-    prompts = write(tmp_path / "prompts.jsonl", [{"id": r["id"]} for r in run0])
-    return write(tmp_path / "r0.jsonl", run0), write(tmp_path / "r1.jsonl", run1), prompts
-
-
-def test_pairs_join_by_id_and_drop_short_or_missing(runs: tuple[Path, Path, Path]) -> None:
-    pairs, counts = make_pairs(runs[0], runs[1], min_chars=16)
-    assert [p.id for p in pairs] == ["p1", "p2", "p4"]  # p0 only in run 0, p3 too short
-    assert counts == {"pairs": 3, "only_in_one_run": 2, "skipped_generation": 0, "too_short": 1}
-    assert pairs[0].output_1 == "Trains run on rails between cities."
-    assert pairs[0].output_2.startswith(".seitic")
-
-
-def test_pair_command_writes_the_pairs_and_their_counts(
-    runs: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out, summary = tmp_path / "pairs.jsonl", tmp_path / "pairs.summary.json"
-    argv = ["pair", "--responses", str(runs[0]), str(runs[1]), "--min-chars", "2"]
-    assert main([*argv, "--output", str(out), "--summary", str(summary)]) == 0
-    pairs = read_pairs(out)
-    assert [p.id for p in pairs] == ["p1", "p2", "p3", "p4"]  # "ok" has 2 characters
-    sleep = "Sleep helps the body recover."
-    assert pairs[1] == Pair("p2", "Question 2?", "", sleep, sleep[::-1] + " More words here.")
-    assert json.loads(summary.read_text())["too_short"] == 0
-    assert json.loads(summary.read_text())["min_chars"] == 2
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"id": "p1", "instruction": "Q"}\n')
-    capsys.readouterr()
-    assert main(["pair", "--responses", str(runs[0]), str(broken), "--output", str(out)]) == 1
-    error = f"salmon-wf pair: error: {broken} line 1: field 'response' missing\n"
-    assert capsys.readouterr().err == error
 
 
 def test_rendering_is_single_pass_and_orders_swap_outputs() -> None:
@@ -128,8 +76,8 @@ def test_scores_match_a_plain_forward_and_do_not_depend_on_shards(
     for i, shard in enumerate(shards):
         judge(tiny_dir, runs, shard, i, 2)
     principles = load_principles(RESOURCES / "principles.json")
-    one = gather(runs[2], [tmp_path / "one.jsonl"], RESOURCES / "principles.json")
-    two = gather(runs[2], shards, RESOURCES / "principles.json")
+    one = gather_judgments(runs[2], [tmp_path / "one.jsonl"], RESOURCES / "principles.json")
+    two = gather_judgments(runs[2], shards, RESOURCES / "principles.json")
     assert json.dumps(one) == json.dumps(two)  # same bytes whatever the shard count
     assert len(one) == 3 * len(principles)
     # The first record against a plain full forward of its prompt (order 1-2).

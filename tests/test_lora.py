@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import spawn
 from hf_models import hf_logits, random_hf_model, save_hf
-from test_model import spawn
 
 from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import load_rank_state

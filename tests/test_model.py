@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from mp_worker import run_rank
+from helpers import spawn
 
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.hf_export import to_hf_llama
@@ -17,13 +15,6 @@ from salmon_wf.model.params import ModelArgs
 from salmon_wf.model.transformer import KVCache
 
 TEXT = "Explain why the sky looks blue. ### 你好"
-
-
-def spawn(world: int, model_dir: Path, tmp: Path, job: str, spec: dict) -> list[dict]:
-    (tmp / "job.json").write_text(json.dumps(spec))
-    args = (world, str(tmp / "store"), str(model_dir), str(tmp), job)
-    mp.spawn(run_rank, args=args, nprocs=world, join=True)
-    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(world)]
 
 
 def test_cached_incremental_decoding_equals_full_forward(tiny: LoadedModel) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_SMOLLM2
+from helpers import HAVE_SMOLLM2
 
 from salmon_wf.engine.chat import format_prompt
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams

@@ -25,7 +25,7 @@ from salmon_wf.model.parallel import teardown_model_parallel
 from salmon_wf.stages.clean import PromptFilter, clean_prompts
 from salmon_wf.stages.gather import merge_summaries
 from salmon_wf.stages.judge import load_template, pair_prompts
-from salmon_wf.stages.pair import make_pairs, read_pairs
+from salmon_wf.stages.pair import read_pairs
 from salmon_wf.stages.sample import context_limit, encode_prompt
 from salmon_wf.workflow import profile_names, shadowed_profiles
 
@@ -182,33 +182,6 @@ def test_judge_limit_skip_left_and_middle_are_counted(
 
 
 # ---------------------------------------------------------------- pair filter
-
-
-def test_min_chars_of_raw_generation_or_clean_response(tmp_path: Path) -> None:
-    """SALMON drops a pair when a raw generation has < 16 chars, whatever its cleaned length."""
-    texts = {  # id: (raw generation, cleaned response) of run 1; run 0 is long everywhere
-        "p0": ("Hi.\n\n### User\nWhat now?", "Hi."),  # raw long, clean short
-        "p1": ("Fine.###", "Fine."),  # both short
-        "p2": ("A full answer, long enough.", "A full answer, long enough."),
-    }
-    long = "A long enough answer for both filters."
-    run0 = [
-        {"id": k, "instruction": k, "input": "", "generation": long, "response": long}
-        for k in texts
-    ]
-    run1 = [dict(r, generation=texts[r["id"]][0], response=texts[r["id"]][1]) for r in run0]
-    paths = write_jsonl(tmp_path / "r0.jsonl", run0), write_jsonl(tmp_path / "r1.jsonl", run1)
-    raw, raw_counts = make_pairs(*paths, min_chars=16, of="raw")
-    clean, clean_counts = make_pairs(*paths, min_chars=16, of="clean")
-    assert [p.id for p in raw] == ["p0", "p2"] and raw_counts["too_short"] == 1
-    assert raw[0].output_2 == "Hi."  # the pair holds the cleaned text either way
-    assert [p.id for p in clean] == ["p2"] and clean_counts["too_short"] == 2
-    summary = tmp_path / "pairs.summary.json"
-    argv = ["pair", "--responses", *map(str, paths), "--output", str(tmp_path / "pairs.jsonl")]
-    assert main([*argv, "--summary", str(summary), "--min-chars-of", "raw"]) == 0
-    written = json.loads(summary.read_text())
-    assert written["min_chars_of"] == "raw" and written["pairs"] == 2
-    assert written["dropped"]["too_short"] == 1
 
 
 def test_responses_keep_the_raw_generation_and_cut_at(tiny_dir: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import REPO, write_config
+from helpers import REPO, write_config
 
 from salmon_wf.data.jsonl import read_jsonl
 from salmon_wf.engine.chat import dromedary_prompt

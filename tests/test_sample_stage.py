@@ -11,7 +11,7 @@ from salmon_wf.cli import main
 from salmon_wf.data.jsonl import read_jsonl
 from salmon_wf.errors import RecordError
 from salmon_wf.model.parallel import teardown_model_parallel
-from salmon_wf.stages.gather import gather
+from salmon_wf.stages.gather import gather_responses
 from salmon_wf.stages.sample import clean_response
 
 TOPICS = ["bread", "the sea", "trains", "sleep", "email", "trees", "a poem", "numbers"]
@@ -45,8 +45,8 @@ def test_gathered_responses_do_not_depend_on_shards_or_batch(
     for i, shard in enumerate(shards):
         sample(tiny_dir, prompts, shard, i, 3, "--batch-size", "2")
     assert sorted(r["id"] for r in read_jsonl(shards[1])) == ["p01", "p04", "p07"]
-    one = gather(prompts, [tmp_path / "one.jsonl"])
-    three = gather(prompts, shards)
+    one = gather_responses(prompts, [tmp_path / "one.jsonl"])
+    three = gather_responses(prompts, shards)
     assert [r["id"] for r in three] == [f"p{i:02d}" for i in range(len(TOPICS))]
     assert json.dumps(one) == json.dumps(three)
     record = three[0]
@@ -96,10 +96,10 @@ def test_gather_rejects_duplicates_and_missing_prompts(prompts: Path, tmp_path: 
     shard = tmp_path / "s.jsonl"
     shard.write_text(json.dumps({"id": "p00"}) + "\n" + json.dumps({"id": "p00"}) + "\n")
     with pytest.raises(RecordError, match="duplicate record"):
-        gather(prompts, [shard])
+        gather_responses(prompts, [shard])
     shard.write_text(json.dumps({"id": "p00"}) + "\n")
     with pytest.raises(RecordError, match="7 prompt"):
-        gather(prompts, [shard])
+        gather_responses(prompts, [shard])
     shard.write_text('{"id": "p00"}\n{"oops": 1}\n')
     with pytest.raises(RecordError, match=r"s.jsonl line 2: field 'id' missing"):
-        gather(prompts, [shard])
+        gather_responses(prompts, [shard])

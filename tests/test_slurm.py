@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_workflow import REPO, write_config
+from helpers import REPO, write_config
 
 from salmon_wf.data.jsonl import read_jsonl
 

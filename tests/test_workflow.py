@@ -4,66 +4,15 @@ from __future__ import annotations
 
 import ast
 import json
-import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import REPO, planned_jobs, planned_outputs, snakemake, write_config
 
 from salmon_wf.data.jsonl import read_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
-PATH_KEYS = [("prompts", "input"), ("sampling", "defaults", "meta_prompt")]
-PATH_KEYS += [("judge", "principles"), ("judge", "template")]
-
 pytestmark = pytest.mark.slow
-
-
-def write_config(workdir: Path, **changes: object) -> Path:
-    """The smoke config with resource paths made absolute, then `changes` ("a.b.c": value)."""
-    config = yaml.safe_load((REPO / "tests" / "smoke.yaml").read_text())
-    config.setdefault("judge", {}).setdefault(
-        "principles", "src/salmon_wf/resources/principles.json"
-    )
-    config["judge"].setdefault("template", "src/salmon_wf/resources/judge_template.txt")
-    for keys in PATH_KEYS:
-        node = config
-        for key in keys[:-1]:
-            node = node[key]
-        node[keys[-1]] = str(REPO / node[keys[-1]])
-    for dotted, value in changes.items():
-        node = config
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def snakemake(workdir: Path, *args: str) -> str:
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-    command += ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done.stdout + done.stderr
-
-
-def planned_jobs(workdir: Path) -> Counter:
-    """Jobs of a dry run, counted by rule."""
-    text = snakemake(workdir, "-n")
-    rules = re.findall(r"^(?:local)?rule (\w+):$", text, flags=re.MULTILINE)
-    return Counter(r for r in rules if r != "all")  # the target rule always "runs"
-
-
-def planned_outputs(workdir: Path) -> list[str]:
-    text = snakemake(workdir, "-n")
-    return re.findall(r"^\s+output: (.+)$", text, flags=re.MULTILINE)
 
 
 @pytest.fixture(scope="module")

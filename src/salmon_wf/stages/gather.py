@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -44,37 +45,76 @@ def merge_summaries(paths: list[Path]) -> dict[str, Any]:
     return merged
 
 
-def gather(prompts: Path, shards: list[Path], principles: Path | None = None) -> list[dict]:
-    order = {r["id"]: i for i, r in enumerate(read_jsonl(prompts, required=("id",)))}
-    dims: dict[str, int] = {}
-    if principles is not None:
-        from salmon_wf.data.principles import load_principles
+def prompt_order(prompts: Path) -> dict[str, int]:
+    """Each prompt id's position in prompts.jsonl: the order every gathered file follows."""
+    return {r["id"]: i for i, r in enumerate(read_jsonl(prompts, required=("id",)))}
 
-        dims = {p.dimension: i for i, p in enumerate(load_principles(principles))}
-    seen: dict[tuple[str, str], Path] = {}
+
+def read_shards(
+    shards: list[Path],
+    prompts: Path,
+    order: dict[str, int],
+    required: tuple[str, ...],
+    key: Callable[[dict], Hashable],
+    problem: Callable[[dict], str | None] = lambda record: None,
+) -> tuple[list[dict], set[Hashable]]:
+    """The shards' records and their keys; an unknown id, a repeated key or a `problem` names
+    its shard."""
+    seen: dict[Hashable, Path] = {}
     records = []
     for shard in shards:
-        required = ("id", "dimension") if principles else ("id",)
         for record in read_jsonl(shard, required=required):
-            key = (record["id"], record.get("dimension", ""))
             if record["id"] not in order:
                 raise RecordError(f"{shard}: id {record['id']!r} is not in {prompts}")
-            if key in seen:
-                raise RecordError(f"{shard}: duplicate record {key} (also in {seen[key]})")
-            if principles is not None and record["dimension"] not in dims:
-                raise RecordError(f"{shard}: dimension {record['dimension']!r} not in {principles}")
-            seen[key] = shard
+            k = key(record)
+            if k in seen:
+                raise RecordError(f"{shard}: duplicate record {k!r} (also in {seen[k]})")
+            if (what := problem(record)) is not None:
+                raise RecordError(f"{shard}: {what}")
+            seen[k] = shard
             records.append(record)
-    if principles is None:
-        missing = [k for k in order if (k, "") not in seen]
-        if missing:
-            raise RecordError(f"{len(missing)} prompt(s) have no response, e.g. {missing[:3]}")
-    records.sort(key=lambda r: (order[r["id"]], dims.get(r.get("dimension", ""), 0)))
+    return records, set(seen)
+
+
+def gather_responses(prompts: Path, shards: list[Path]) -> list[dict]:
+    """One sampling run's responses in prompt order: every prompt exactly once."""
+    order = prompt_order(prompts)
+    records, seen = read_shards(shards, prompts, order, ("id",), lambda r: r["id"])
+    missing = [k for k in order if k not in seen]
+    if missing:
+        raise RecordError(f"{len(missing)} prompt(s) have no response, e.g. {missing[:3]}")
+    records.sort(key=lambda r: order[r["id"]])
+    return records
+
+
+def gather_judgments(prompts: Path, shards: list[Path], principles: Path) -> list[dict]:
+    """Judgments in prompt order, then principle order; a skipped pair has none (no error)."""
+    from salmon_wf.data.principles import load_principles
+
+    order = prompt_order(prompts)
+    dims = {p.dimension: i for i, p in enumerate(load_principles(principles))}
+
+    def unknown_dimension(record: dict) -> str | None:
+        dimension = record["dimension"]
+        return None if dimension in dims else f"dimension {dimension!r} not in {principles}"
+
+    records, _ = read_shards(
+        shards,
+        prompts,
+        order,
+        ("id", "dimension"),
+        lambda r: (r["id"], r["dimension"]),
+        unknown_dimension,
+    )
+    records.sort(key=lambda r: (order[r["id"]], dims[r["dimension"]]))
     return records
 
 
 def run(args: argparse.Namespace) -> int:
-    records = gather(args.prompts, args.shards, args.principles)
+    if args.principles is None:
+        records = gather_responses(args.prompts, args.shards)
+    else:
+        records = gather_judgments(args.prompts, args.shards, args.principles)
     count = write_jsonl(args.output, records)
     print(f"gathered {count} records from {len(args.shards)} shard(s) into {args.output}")
     if args.summaries:
