@@ -349,3 +349,27 @@ def test_defaults_are_copies() -> None:
     first["stop"].append("x")
     assert C.defaults("definitions.sampling_run")["stop"] == ["###"]
     assert copy.deepcopy(C.schema()) == C.schema()
+
+
+def test_the_default_configs_commands_are_those_jobs_already_ran() -> None:
+    """Snakemake reruns a job whose command changed: these strings stay as they were written
+    before the one mapping (the judge's --add-bos and the pair's one string are new)."""
+    config = base_config()
+    C.validate(config)
+    assert C.command_flags("clean-prompts", config["prompts"]) == (
+        "--format auto --drop-deleted --drop-review-failed --dedupe --min-chars 4"
+        " --max-chars 4096 --split train"
+    )
+    assert C.command_flags("sample", C.run_settings(config, "response0")) == (
+        "--seed 42 --temperature 0.7 --top-p 1.0 --max-new-tokens 96 --stop '###' --style chatml"
+        " --meta-prompt src/salmon_wf/resources/system_prompt.txt --batch-size 8"
+        " --long-prompt-policy skip --max-shared-seq-len 0"
+    )
+    assert C.command_flags("model", config["model"]) == (
+        "--dtype fp32 --device auto --max-seq-len 2048 --threads 1"
+    )
+    assert C.command_flags("aggregate", config["aggregate"]) == (
+        "--seed 42 --passes 4 --geometric-p 0.2 --max-principles 8 --negation-prob 0.5"
+        " --ai-rule-prob 0.5 --ai-phrase 'As an AI language model' --noise 0.1"
+        " --rule-noise 0.25 --language-rule"
+    )
