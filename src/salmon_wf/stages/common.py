@@ -35,12 +35,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="context limit (null: the model's)",
     )
     parser.add_argument("--long-prompt-policy", choices=POLICIES, default=policy)
-    parser.add_argument("--shard", type=int, default=0, help="this job's shard index i")
-    parser.add_argument("--num-shards", type=int, default=1, help="shards n: items[i::n]")
-    parser.add_argument("--fingerprint", default="", help="job identity for resuming partial work")
     parser.add_argument(
         "--threads", type=int, default=m["threads"], help="torch CPU threads per rank"
     )
+
+
+def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which part of the work this job does, and its identity for resuming (shard_items, resume)."""
+    parser.add_argument("--shard", type=int, default=0, help="this job's shard index i")
+    parser.add_argument("--num-shards", type=int, default=1, help="shards n: items[i::n]")
+    parser.add_argument("--fingerprint", default="", help="job identity for resuming partial work")
 
 
 def shard_items(items: Sequence[T], shard: int, num_shards: int) -> list[T]:

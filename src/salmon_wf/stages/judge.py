@@ -27,7 +27,13 @@ from salmon_wf.engine.scorer import PrefixScorer
 from salmon_wf.errors import ConfigError, TemplateError
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.progress import Progress
-from salmon_wf.stages.common import add_model_arguments, resume, shard_items, start_rank
+from salmon_wf.stages.common import (
+    add_model_arguments,
+    add_shard_arguments,
+    resume,
+    shard_items,
+    start_rank,
+)
 from salmon_wf.stages.pair import Pair, read_pairs
 
 PLACEHOLDERS = ("UserInstruction", "OutputA", "OutputB", "Dimension", "Definition")
@@ -90,6 +96,7 @@ def answer_ids(tokenizer: Tokenizer, context: str, choices: tuple[str, str]) -> 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_shard_arguments(parser)
     parser.add_argument("--pairs", required=True, type=Path, help="pairs.jsonl (salmon-wf pair)")
     parser.add_argument("--principles", required=True, type=Path)
     parser.add_argument("--template", required=True, type=Path)

@@ -25,7 +25,13 @@ from salmon_wf.engine.context import common_prefix
 from salmon_wf.engine.sampler import Completion, Request, Sampler, SamplingParams
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.progress import Progress
-from salmon_wf.stages.common import add_model_arguments, resume, shard_items, start_rank
+from salmon_wf.stages.common import (
+    add_model_arguments,
+    add_shard_arguments,
+    resume,
+    shard_items,
+    start_rank,
+)
 
 MIN_SHARED_PREFIX = 8  # tokens: below this a prefix cache is not worth a copy
 
@@ -34,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sampling run's flags; every default is the schema's (definitions/sampling_run)."""
     d = command_defaults("sample")
     add_model_arguments(parser)
+    add_shard_arguments(parser)
     parser.add_argument("--prompts", required=True, type=Path, help="prompts.jsonl")
     parser.add_argument("--output", required=True, type=Path, help="this shard's responses")
     parser.add_argument("--seed", type=int, default=42, help="the run's seed (config: required)")
