@@ -237,6 +237,9 @@ def test_every_key_is_a_flag_of_one_command_or_the_workflows() -> None:
             takers = [c for c, (n, keys) in C.COMMANDS.items() if n == name and key in keys]
             takers = [c for c in takers if c != "generate"]  # one prompt by hand, no rule
             assert len(takers) + (dotted in C.WORKFLOW_KEYS) == 1, (dotted, takers)
+            spec = C.section(name)[key]
+            if takers and "null" in spec.get("type", []):  # None writes no flag: the default
+                assert spec["default"] is None, dotted
 
 
 @pytest.mark.parametrize("command", ["clean-prompts", "sample", "pair", "judge", "aggregate"])
