@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snakemake.common import get_appdirs
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version
 
 from salmon_wf.config import command_flags, run_settings, validate
@@ -50,8 +51,15 @@ RESULTS = config["results_dir"]
 MODELS = config["models_dir"]
 RUNS = list(config["sampling"]["runs"])
 RECIPES = Recipes(config)
-# The interpreter running snakemake also runs the stages: no PATH or activation needed.
-SALMON = f"{sys.executable} -m salmon_wf.cli"
+# The interpreter the stages run in: the one running snakemake (the .venv scripts/setup.sh
+# makes; no PATH or activation needed) or, with --sdm conda, the python of the rule's conda
+# environment (envs/salmon-wf.yaml; its post-deploy script installs this checkout into it).
+PYTHON = (
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else sys.executable
+)
+SALMON = f"{PYTHON} -m salmon_wf.cli"
 GPU_RESOURCES = slurm_resources(config, "gpu")
 CPU_RESOURCES = slurm_resources(config, "cpu")
 CHEAP_LOCAL = config["slurm"]["cheap_rules_local"]
@@ -85,7 +93,7 @@ def model_args():
 def launcher():
     """One model-parallel group: in-process, torchrun, or srun + torchrun inside SLURM."""
     nodes, per_node = group_shape(config)
-    return f"{sys.executable} -m salmon_wf.launch --nodes {nodes} --ranks-per-node {per_node} --"
+    return f"{PYTHON} -m salmon_wf.launch --nodes {nodes} --ranks-per-node {per_node} --"
 
 
 def prepare_model_command():
