@@ -1,9 +1,14 @@
 """`salmon-wf` command line: one sub-command per module, imported only when used.
 
 Each command module exposes `add_arguments(parser)` and `run(args) -> int`; the first line of
-its docstring is the command's help. Importing lazily keeps `salmon-wf <cheap-stage>` from
-paying for a torch import it does not need. `main` is the one error boundary: a user error ends
-any command with one line, `salmon-wf <command>: error: <file>[ line N][: field]: <what>`.
+its docstring is the command's help. A command lives in the module that does its job, named for
+it: the workflow's stages in stages/ (a stage is a rule's command; its flags sit beside the
+settings they fill), the model-directory tools in model/ (tiny-model, import-gguf, import-hf),
+the one-prompt demo of the engine in engine/generate.py. COMMANDS is the one index.
+
+Importing lazily keeps `salmon-wf <cheap-stage>` from paying for a torch import it does not
+need. `main` is the one error boundary: a user error ends any command with one line,
+`salmon-wf <command>: error: <file>[ line N][: field]: <what>`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "tiny-model": "salmon_wf.model.tiny",
     "import-gguf": "salmon_wf.model.gguf_import",
     "import-hf": "salmon_wf.model.hf_import",
-    "generate": "salmon_wf.engine.generate_cli",
+    "generate": "salmon_wf.engine.generate",
     "clean-prompts": "salmon_wf.stages.clean",
     "sample": "salmon_wf.stages.sample",
     "gather": "salmon_wf.stages.gather",

@@ -8,7 +8,8 @@ import sys
 from salmon_wf.config import add_list_option, command_defaults
 from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
-from salmon_wf.model.loader import DTYPES, load_model
+from salmon_wf.model.dtypes import DTYPES
+from salmon_wf.model.loader import load_model
 from salmon_wf.model.parallel import setup_model_parallel
 
 
