@@ -223,3 +223,21 @@ def test_aggregate_bad_pairs_line(tmp_path: Path) -> None:
     command += ["--judgments", str(judgments), "--principles", str(principles)]
     lines = failing([*command, "--output", str(tmp_path / "prefs.json")])
     assert len(lines) == 1 and lines[0].startswith(f"salmon-wf aggregate: error: {pairs} line 1: ")
+
+
+def test_the_launcher_ends_a_failed_group_without_torchruns_traceback(
+    legacy_pth_model: Path,
+) -> None:
+    """The workflow's launcher (two ranks, torchrun): our line once, torchrun's in one line."""
+    shard = legacy_pth_model / "consolidated.00.pth"
+    launch = [sys.executable, "-m", "salmon_wf.launch", "--ranks-per-node", "2", "--"]
+    command = ["generate", "--model", str(legacy_pth_model), "--prompt", "hi"]
+    done = subprocess.run([*launch, *command], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert [line for line in lines if line.startswith("salmon-wf ")] == [
+        f"salmon-wf generate: error: {shard}: {MMAP_MESSAGE}"
+    ]
+    # rank 0 reports and exits 1; torchrun then stops rank 1, waiting out its grace period
+    assert lines[-1] == "torchrun: salmon_wf.cli failed (rank 0 exit 1, rank 1 SIGTERM)"

@@ -16,7 +16,7 @@ STAGE = ["sample", "--model", "m"]
 def test_outside_slurm_one_rank_runs_in_process_and_several_use_torchrun() -> None:
     assert plan(1, 1, STAGE, {}, node_agent=False) is None
     command = plan(1, 4, STAGE, {}, node_agent=False)
-    assert command[:4] == [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    assert command[:4] == [sys.executable, "-m", "salmon_wf.torchrun", "--standalone"]
     assert "--nproc-per-node=4" in command and command[-3:] == STAGE
     with pytest.raises(SystemExit, match="SLURM allocation"):
         plan(2, 6, STAGE, {}, node_agent=False)

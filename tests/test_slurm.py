@@ -92,7 +92,7 @@ def test_slurm_run_equals_local_run_and_requests_gpus(cluster: None, tmp_path: P
         assert re.search(r"TresPerNode=gres:gpu:1\b", job), job
         assert "Partition=gpu" in job
     logs = "".join(p.read_text() for p in (on_slurm / "logs" / "sample").rglob("*.log"))
-    assert "launch: srun" in logs and "torch.distributed.run" in logs  # srun + torchrun path
+    assert "launch: srun" in logs and "salmon_wf.torchrun" in logs  # srun + torchrun path
 
 
 def test_cancelled_shard_is_retried_and_resumes_without_redoing_prompts(

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 PORT_BASE, PORT_SPAN = 20000, 20000
+TORCHRUN = "salmon_wf.torchrun"  # torch.distributed.run, ending a failed group in one line
 
 
 def master_port(job_id: str) -> int:
@@ -27,7 +28,7 @@ def master_port(job_id: str) -> int:
 
 
 def torchrun(nodes: int, per_node: int, node_rank: int, master: str, port: int) -> list[str]:
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}"]
+    command = [sys.executable, "-m", TORCHRUN, f"--nnodes={nodes}"]
     command += [f"--nproc-per-node={per_node}", f"--node-rank={node_rank}"]
     return [*command, f"--master-addr={master}", f"--master-port={port}"]
 
@@ -55,7 +56,7 @@ def plan(
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        TORCHRUN,
         "--standalone",
         f"--nproc-per-node={per_node}",
         *cli,
