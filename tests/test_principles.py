@@ -82,12 +82,16 @@ def test_bad_principle_files_name_file_entry_and_field(
     path = write(tmp_path, value)
     with pytest.raises(PrincipleError) as caught:
         load_principles(path)
-    assert str(path) in str(caught.value)
+    assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
+    assert caught.value.file == str(path) and caught.value.line is None
 
 
 def test_invalid_json_names_the_position(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('[\n  {"dimension": "A",\n', encoding="utf-8")
-    with pytest.raises(PrincipleError, match=r"broken\.json: invalid JSON at line 3"):
+    with pytest.raises(
+        PrincipleError, match=r"broken\.json line 3: invalid JSON at column 1"
+    ) as caught:
         load_principles(path)
+    assert (caught.value.file, caught.value.line, caught.value.field) == (str(path), 3, None)

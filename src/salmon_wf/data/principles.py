@@ -31,35 +31,38 @@ def load_principles(path: str | Path) -> list[Principle]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise PrincipleError(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})"
+            f"invalid JSON at column {exc.colno} ({exc.msg})", file=path, line=exc.lineno
         ) from exc
     if not isinstance(data, list):
-        raise PrincipleError(f"{path}: expected a JSON list of principles, got {type_name(data)}")
+        raise PrincipleError(
+            f"expected a JSON list of principles, got {type_name(data)}", file=path
+        )
     if not data:
-        raise PrincipleError(f"{path}: the principle list is empty")
+        raise PrincipleError("the principle list is empty", file=path)
     principles: list[Principle] = []
     first_seen: dict[str, int] = {}
     for index, entry in enumerate(data):
-        where = f"{path}: entry {index}"
+        where = {"file": path, "field": f"entry {index}"}  # the entry's place in the list
         if not isinstance(entry, dict):
-            raise PrincipleError(f"{where}: expected an object, got {type_name(entry)}")
+            raise PrincipleError(f"expected an object, got {type_name(entry)}", **where)
         values = []
         for field in FIELDS:
             if field not in entry:
-                raise PrincipleError(f"{where}: field '{field}' missing")
+                raise PrincipleError(f"field '{field}' missing", **where)
             value = entry[field]
             if not isinstance(value, str):
                 raise PrincipleError(
-                    f"{where}: field '{field}' must be a string, got {type_name(value)}"
+                    f"field '{field}' must be a string, got {type_name(value)}", **where
                 )
             if not value.strip():
-                raise PrincipleError(f"{where}: field '{field}' is empty")
+                raise PrincipleError(f"field '{field}' is empty", **where)
             values.append(value)
         principle = Principle(*values)
         if principle.dimension in first_seen:
             raise PrincipleError(
-                f"{where}: field 'dimension': {principle.dimension!r} duplicates entry "
-                f"{first_seen[principle.dimension]}"
+                f"field 'dimension': {principle.dimension!r} duplicates entry "
+                f"{first_seen[principle.dimension]}",
+                **where,
             )
         first_seen[principle.dimension] = index
         principles.append(principle)
