@@ -241,3 +241,16 @@ def test_the_launcher_ends_a_failed_group_without_torchruns_traceback(
     ]
     # rank 0 reports and exits 1; torchrun then stops rank 1, waiting out its grace period
     assert lines[-1] == "torchrun: salmon_wf.cli failed (rank 0 exit 1, rank 1 SIGTERM)"
+
+
+def test_a_model_the_layers_refuse_names_its_params_file(tiny_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    params = json.loads((model / "params.json").read_text())
+    (model / "params.json").write_text(json.dumps(params | {"sliding_window": 8}))
+    lines = failing(["generate", "--model", str(model), "--prompt", "hi"])
+    assert lines == [
+        f"salmon-wf generate: error: {model / 'params.json'}: sliding_window 8 is smaller than "
+        f"the context {params['max_seq_len']}: sliding-window attention is not implemented (run "
+        "with max_seq_len <= 8, where it equals full attention)"
+    ]

@@ -80,7 +80,12 @@ def load_model(
     merged = load_adapters(adapters, args)
     state = load_rank_state(model_dir, args, ctx.rank, ctx.world_size)
     merge_into_rank_state(state, args, merged, ctx.rank, ctx.world_size)
-    model = build_model(args, DTYPES[dtype], ctx.device)
+    try:
+        model = build_model(args, DTYPES[dtype], ctx.device)
+    except CheckpointError as exc:  # the layers check the shape they are given: name its file
+        if exc.file is not None:
+            raise
+        raise CheckpointError(exc.what, file=model_dir / "params.json") from exc
     with torch.no_grad():
         for name, param in model.state_dict().items():
             param.copy_(state[name])
