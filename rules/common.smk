@@ -54,10 +54,11 @@ RECIPES = Recipes(config)
 # The interpreter the stages run in: the one running snakemake (the .venv scripts/setup.sh
 # makes; no PATH or activation needed) or, with --sdm conda, the python of the rule's conda
 # environment (envs/salmon-wf.yaml; its post-deploy script installs this checkout into it).
+# Quoted: every shell rule starts with it, and a .venv path may hold spaces or quotes.
 PYTHON = (
     "python"
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else sys.executable
+    else shlex.quote(sys.executable)
 )
 SALMON = f"{PYTHON} -m salmon_wf.cli"
 GPU_RESOURCES = slurm_resources(config, "gpu")
@@ -93,7 +94,9 @@ def model_args():
 def launcher():
     """One model-parallel group: in-process, torchrun, or srun + torchrun inside SLURM."""
     nodes, per_node = group_shape(config)
-    return f"{PYTHON} -m salmon_wf.launch --nodes {nodes} --ranks-per-node {per_node} --"
+    return (
+        f"{PYTHON} -m salmon_wf.launch --nodes {nodes} --ranks-per-node {per_node} --"
+    )
 
 
 def prepare_model_command():
