@@ -140,8 +140,10 @@ def test_deleted_reply_and_orphans() -> None:
     assert stats == {
         "n_messages": 9,
         "n_roots": 3,
+        "n_replies": 5,
         "n_prompts": 2,
         "dropped": {**dict.fromkeys(DEMO_DROPPED, 0), "no_reply": 1},
+        "messages_dropped": {"orphan": 1, "unreachable": 0},
     }
     _, salmon = clean_prompts(messages, PromptFilter(drop_deleted=False))
     assert salmon["n_prompts"] == 3

@@ -14,9 +14,9 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
-from salmon_wf.errors import RecordError
+from salmon_wf.errors import RecordError, SalmonError
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -24,30 +24,55 @@ def dumps(record: dict[str, Any]) -> str:
 
 
 def parse_record(
-    path: Path, number: int, line: str, error: type[ValueError] = RecordError
+    path: Path, number: int, line: str, error: type[SalmonError] = RecordError
 ) -> dict[str, Any]:
     """One JSON-object line; `error` (naming the file and line) when it is not one."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise error(f"{path} line {number}: invalid JSON ({exc.msg})") from exc
+        raise error(f"invalid JSON ({exc.msg})", file=path, line=number) from exc
+    except RecursionError as exc:
+        raise error("invalid JSON (nested too deeply)", file=path, line=number) from exc
     if not isinstance(record, dict):
-        raise error(f"{path} line {number}: expected a JSON object")
+        what = "expected a JSON object"
+        if isinstance(record, list):
+            what += ", got a list (JSON lines hold one object per line, not a JSON array)"
+        elif record is None:
+            what += ", got null"
+        raise error(what, file=path, line=number)
     return record
+
+
+def decoded_lines(
+    path: Path, handle: IO[bytes], error: type[SalmonError] = RecordError
+) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a binary handle; bad UTF-8 or a truncated gzip names the line."""
+    import zlib
+
+    number = 0
+    try:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                what = f"invalid UTF-8 at byte {exc.start} of the line ({exc.reason})"
+                raise error(what, file=path, line=number) from exc
+    except (EOFError, OSError, zlib.error) as exc:  # gzip: truncated, or not gzip after all
+        raise error(f"unreadable after line {number} ({exc})", file=path, line=number + 1) from exc
 
 
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
     """Records of a JSONL file; blank lines are skipped; `required` keys are checked per line."""
     path = Path(path)
     required = tuple(required)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, line in decoded_lines(path, handle):
             if not line.strip():
                 continue
             record = parse_record(path, number, line)
             for key in required:
                 if key not in record:
-                    raise RecordError(f"{path} line {number}: field '{key}' missing")
+                    raise RecordError(f"field '{key}' missing", file=path, line=number)
             yield record
 
 

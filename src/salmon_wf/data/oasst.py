@@ -15,18 +15,20 @@ A file's split is told by its name (train-00000-of-00001-....parquet) or a folde
 from __future__ import annotations
 
 import gzip
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
-from salmon_wf.data.jsonl import parse_record
-from salmon_wf.errors import OasstFormatError
+from salmon_wf.data.jsonl import decoded_lines, parse_record
+from salmon_wf.errors import ConfigError, OasstFormatError
 
 LAYOUTS = ("parquet", "messages", "nested", "trees")
 SPLITS = ("train", "validation")
 ROLES = ("prompter", "assistant")
+FLAGS = ("deleted", "review_result", "synthetic")  # the boolean fields (pandas: 1.0/0.0/NaN)
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_MAGIC = b"PAR1"
 
@@ -53,11 +55,17 @@ def _is_gzip(path: Path) -> bool:
         return handle.read(2) == _GZIP_MAGIC
 
 
-def _open_text(path: Path) -> TextIO:
-    """Text handle on a plain or gzip file (gzip found by content, so any name works)."""
+def _open_binary(path: Path) -> IO[bytes]:
+    """Binary handle on a plain or gzip file (gzip found by content, so any name works)."""
     if _is_gzip(path):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(number, text) of each line; invalid UTF-8 or a truncated gzip names file and line."""
+    with _open_binary(path) as handle:
+        yield from decoded_lines(path, handle, OasstFormatError)
 
 
 def _parquet_files(path: Path) -> list[Path]:
@@ -98,7 +106,9 @@ def choose_split(path: str | Path, layout: str, split: str = "all") -> SplitChoi
     """The files of `split` ("all": every file) in an OASST1 input of `layout`."""
     path = Path(path)
     if split not in ("all", *SPLITS):
-        raise ValueError(f"unknown split {split!r}; expected all or one of {SPLITS}")
+        raise ConfigError(
+            f"unknown split {split!r}; expected all or one of {SPLITS}", field="--split"
+        )
     if layout != "parquet":
         note = (
             ""
@@ -125,10 +135,9 @@ def choose_split(path: str | Path, layout: str, split: str = "all") -> SplitChoi
 
 
 def _first_record(path: Path) -> tuple[int, Any] | None:
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                return number, _parse_line(path, number, line)
+    for number, line in _lines(path):
+        if line.strip():
+            return number, _parse_line(path, number, line)
     return None
 
 
@@ -170,9 +179,26 @@ def _optional(record: dict[str, Any], key: str, kinds: tuple[type, ...], where: 
 def _required_str(record: dict[str, Any], key: str, where: str) -> str:
     if key not in record or record[key] is None:
         raise OasstFormatError(f"{where}: field '{key}' missing")
-    if not isinstance(record[key], str):
+    value = record[key]
+    if not isinstance(value, str):
         raise OasstFormatError(f"{where}: field '{key}' must be a string")
-    return record[key]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape of half a surrogate pair
+        raise OasstFormatError(
+            f"{where}: field '{key}' holds a lone surrogate at character {exc.start}"
+        ) from exc
+    return value
+
+
+def _rank(record: dict[str, Any], where: str) -> int | None:
+    """A reply's rank: an integer, or null (pandas writes it as float, NaN for null)."""
+    rank = record.get("rank")
+    if rank is None or (isinstance(rank, float) and math.isnan(rank)):
+        return None
+    if isinstance(rank, bool) or not isinstance(rank, int | float) or rank != int(rank):
+        raise OasstFormatError(f"{where}: field 'rank' must be an integer or null, got {rank!r}")
+    return int(rank)
 
 
 def to_message(
@@ -200,7 +226,6 @@ def to_message(
                 f"under {parent_id!r}"
             )
         own_parent = parent_id if parent_id is not None else own_parent
-    rank = _optional(record, "rank", (int, float), where)
     tree = _optional(record, "message_tree_id", (str,), where) or tree_id
     return Message(
         message_id=message_id,
@@ -212,7 +237,7 @@ def to_message(
         review_result=_optional(record, "review_result", (bool,), where),
         message_tree_id=tree or (message_id if own_parent is None else None),
         synthetic=bool(_optional(record, "synthetic", (bool,), where)),
-        rank=None if rank is None or rank != rank else int(rank),  # NaN from pandas = no rank
+        rank=_rank(record, where),
         source=where,
     )
 
@@ -235,21 +260,35 @@ def _flatten(
 
 
 def _read_jsonl(path: Path, layout: str) -> Iterator[Message]:
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            record = _parse_line(path, number, line)
-            where = f"{path} line {number}"
-            if layout == "trees":
-                if not isinstance(record.get("prompt"), dict):
-                    raise OasstFormatError(f"{where}: field 'prompt' missing or not an object")
-                tree_id = _optional(record, "message_tree_id", (str,), where)
-                yield from _flatten(record["prompt"], where, "prompt", None, tree_id)
-            elif "replies" in record:
-                yield from _flatten(record, where, "", None, None)
-            else:
-                yield to_message(record, where)
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        record = _parse_line(path, number, line)
+        where = f"{path} line {number}"
+        if layout == "trees":
+            if not isinstance(record.get("prompt"), dict):
+                raise OasstFormatError(f"{where}: field 'prompt' missing or not an object")
+            tree_id = _optional(record, "message_tree_id", (str,), where)
+            yield from _flatten(record["prompt"], where, "prompt", None, tree_id)
+        elif "replies" in record:
+            yield from _flatten(record, where, "", None, None)
+        else:
+            yield to_message(record, where)
+
+
+def _pandas_flags(record: dict[str, Any]) -> dict[str, Any]:
+    """A row whose boolean columns pandas stored as float (1.0, 0.0, NaN for null) as bools.
+
+    Any other float stays, for to_message to refuse.
+    """
+    for key in FLAGS:
+        value = record.get(key)
+        if isinstance(value, float):
+            if math.isnan(value):
+                record[key] = None
+            elif value in (0.0, 1.0):
+                record[key] = value == 1.0
+    return record
 
 
 def _read_parquet(files: list[Path]) -> Iterator[Message]:
@@ -261,9 +300,18 @@ def _read_parquet(files: list[Path]) -> Iterator[Message]:
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise OasstFormatError(f"{file}: not a readable parquet file ({exc})") from exc
         row = 0
-        for batch in parquet.iter_batches(batch_size=4096):
+        batches = parquet.iter_batches(batch_size=4096)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:  # a truncated or corrupt row group
+                raise OasstFormatError(
+                    f"{file} row {row}: unreadable parquet data ({exc})"
+                ) from exc
+            if batch is None:
+                break
             for record in batch.to_pylist():
-                yield to_message(record, f"{file} row {row}")
+                yield to_message(_pandas_flags(record), f"{file} row {row}")
                 row += 1
 
 
@@ -273,7 +321,9 @@ def read_messages(path: str | Path, layout: str = "auto", split: str = "all") ->
     if layout == "auto":
         layout = detect_layout(path)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown OASST1 layout {layout!r}; expected auto or one of {LAYOUTS}")
+        raise ConfigError(
+            f"unknown OASST1 layout {layout!r}; expected auto or one of {LAYOUTS}", field="--format"
+        )
     if not path.exists():
         raise OasstFormatError(f"{path}: no such file or folder")
     if layout == "parquet":

@@ -7,6 +7,11 @@ reply" is the same test). On top, each optional filter below drops roots; with t
 drops it, in this order: not_prompter, deleted, review_failed, no_reply, language, too_short,
 too_long, duplicate.
 
+Replies no root reaches are counted too (`messages_dropped`): `orphan` when an ancestor is
+missing (in another split, say), `unreachable` when the parent links loop (a cycle), so
+n_messages = n_roots + n_replies + orphan + unreachable. A run that keeps no prompt at all is
+an error, naming the input and every count, and writes nothing.
+
 A prompt's id is "oasst-" + the first 16 hex digits of sha1(message_id): it depends on the message
 alone, never on file order or layout. Texts are stripped; lengths and duplicates use the stripped
 text; among duplicates the one with the smallest id is kept. Records are sorted by id, so every
@@ -100,13 +105,47 @@ def _drop_reason(root: Message, replies: int, options: PromptFilter) -> str | No
     return next((reason for reason, failed in checks if failed), None)
 
 
+MESSAGE_DROPS = ("orphan", "unreachable")
+
+
+def unreached(parents: dict[str, str], roots: set[str]) -> dict[str, str]:
+    """Each reply no root reaches: "orphan" (an ancestor is missing) or "unreachable" (a cycle).
+
+    `parents` maps every non-root message id to its parent id.
+    """
+    verdicts: dict[str, str] = {}  # "reply" for a reply a root reaches
+    for start in parents:
+        trail: list[str] = []
+        on_trail: set[str] = set()
+        node = start
+        while node not in verdicts:
+            if node in roots:
+                verdict = "reply"
+                break
+            if node not in parents:
+                verdict = "orphan"
+                break
+            if node in on_trail:
+                verdict = "unreachable"
+                break
+            on_trail.add(node)
+            trail.append(node)
+            node = parents[node]
+        else:
+            verdict = verdicts[node]
+        verdicts.update(dict.fromkeys(trail, verdict))
+    return {k: v for k, v in verdicts.items() if v != "reply"}
+
+
 def clean_prompts(
     messages: Iterable[Message], options: PromptFilter | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Prompt records sorted by id, and counts: n_messages, n_roots, n_prompts, dropped."""
+    """Prompt records sorted by id, and counts: n_messages, n_roots, n_replies, n_prompts,
+    dropped (roots, by reason) and messages_dropped (replies no root reaches)."""
     options = options or PromptFilter()
     seen: dict[str, str] = {}
     roots: list[Message] = []
+    parents: dict[str, str] = {}
     replies: Counter[str] = Counter()
     for message in messages:
         if message.message_id in seen:
@@ -117,7 +156,9 @@ def clean_prompts(
         seen[message.message_id] = message.source
         if message.parent_id is None:
             roots.append(message)
-        elif not (options.drop_deleted and message.deleted):
+            continue
+        parents[message.message_id] = message.parent_id
+        if not (options.drop_deleted and message.deleted):
             replies[message.parent_id] += 1
     dropped = dict.fromkeys(DROP_REASONS, 0)
     records: list[dict[str, Any]] = []
@@ -141,11 +182,14 @@ def clean_prompts(
                 "input": "",
             }
         )
+    lost = Counter(unreached(parents, {r.message_id for r in roots}).values())
     stats = {
         "n_messages": len(seen),
         "n_roots": len(roots),
+        "n_replies": len(parents) - lost.total(),
         "n_prompts": len(records),
         "dropped": dropped,
+        "messages_dropped": {reason: lost[reason] for reason in MESSAGE_DROPS},
     }
     return records, stats
 
@@ -201,14 +245,22 @@ def run(args: argparse.Namespace) -> int:
     records, stats = clean_prompts(read_messages(args.input, layout, args.split), options)
     summary = {"input": str(args.input), "layout": layout, "split": split.summary(), **stats}
     summary["options"] = asdict(options)
+    if not records:
+        raise OasstFormatError(f"no prompts left ({counts_line(stats)})", file=args.input)
     if split.note:
         print(f"clean-prompts: split {args.split}: {split.note}", file=sys.stderr)
     write_jsonl(args.output, records)
     if args.summary is not None:
         write_json(args.summary, summary)
-    dropped = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items() if v)
-    print(
-        f"{stats['n_prompts']} prompts from {stats['n_roots']} roots "
-        f"({stats['n_messages']} messages, {layout}); dropped: {dropped or 'none'}"
-    )
+    print(f"{stats['n_prompts']} prompts from {counts_line(stats)} (layout {layout})")
     return 0
+
+
+def counts_line(stats: dict[str, Any]) -> str:
+    """ "N roots (M messages); dropped: ...; replies no root reaches: ..." for the log."""
+    dropped = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items() if v)
+    lost = ", ".join(f"{k} {v}" for k, v in stats["messages_dropped"].items() if v)
+    return (
+        f"{stats['n_roots']} roots ({stats['n_messages']} messages); dropped: "
+        f"{dropped or 'none'}; replies no root reaches: {lost or 'none'}"
+    )
