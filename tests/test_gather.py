@@ -42,25 +42,28 @@ def test_responses_follow_prompt_order_and_cover_every_prompt(
         gather_responses(prompts, [one, two, again])
 
 
+SCORED = {"relative_score": [1.5, 0.5], "preference": 1}
+
+
 def test_judgments_follow_prompt_then_principle_order(
     prompts: Path, principles: Path, tmp_path: Path
 ) -> None:
     shard = write(
         tmp_path / "j0.jsonl",
         [
-            {"id": "b", "dimension": "X"},
-            {"id": "c", "dimension": "X"},
-            {"id": "c", "dimension": "Y"},
+            {"id": "b", "dimension": "X", **SCORED},
+            {"id": "c", "dimension": "X", **SCORED},
+            {"id": "c", "dimension": "Y", **SCORED},
         ],
     )
     gathered = gather_judgments(prompts, [shard], principles)  # "a" skipped: no error
     assert [(r["id"], r["dimension"]) for r in gathered] == [("c", "Y"), ("c", "X"), ("b", "X")]
-    bad = write(tmp_path / "j1.jsonl", [{"id": "a", "dimension": "Z"}])
+    bad = write(tmp_path / "j1.jsonl", [{"id": "a", "dimension": "Z", **SCORED}])
     with pytest.raises(RecordError, match=f"^{bad}: dimension 'Z' not in {principles}$"):
         gather_judgments(prompts, [shard, bad], principles)
-    twice = write(tmp_path / "j2.jsonl", [{"id": "b", "dimension": "X"}])
+    twice = write(tmp_path / "j2.jsonl", [{"id": "b", "dimension": "X", **SCORED}])
     with pytest.raises(RecordError, match=rf"^{twice}: duplicate record \('b', 'X'\)"):
         gather_judgments(prompts, [shard, twice], principles)
-    unknown = write(tmp_path / "j3.jsonl", [{"id": "zz", "dimension": "X"}])
+    unknown = write(tmp_path / "j3.jsonl", [{"id": "zz", "dimension": "X", **SCORED}])
     with pytest.raises(RecordError, match=f"^{unknown}: id 'zz' is not in {prompts}$"):
         gather_judgments(prompts, [unknown], principles)

@@ -196,7 +196,8 @@ def _rank(record: dict[str, Any], where: str) -> int | None:
     rank = record.get("rank")
     if rank is None or (isinstance(rank, float) and math.isnan(rank)):
         return None
-    if isinstance(rank, bool) or not isinstance(rank, int | float) or rank != int(rank):
+    number = isinstance(rank, int | float) and not isinstance(rank, bool)
+    if not number or not math.isfinite(rank) or rank != int(rank):
         raise OasstFormatError(f"{where}: field 'rank' must be an integer or null, got {rank!r}")
     return int(rank)
 

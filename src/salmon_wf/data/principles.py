@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from salmon_wf.data.jsonl import read_utf8
 from salmon_wf.errors import PrincipleError
 
 FIELDS = ("dimension", "definition", "negative_definition")
@@ -28,7 +29,7 @@ def load_principles(path: str | Path) -> list[Principle]:
     """The principles of `path`, in file order (the order judging and gathering use)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path, PrincipleError))
     except json.JSONDecodeError as exc:
         raise PrincipleError(
             f"invalid JSON at column {exc.colno} ({exc.msg})", file=path, line=exc.lineno

@@ -3,17 +3,20 @@
 The gathered bytes do not depend on the shard count or on the order in which prompts finished.
 Responses must cover every prompt exactly once; a duplicate record is an error naming its file.
 Shard summaries (the judge's counts of judged, skipped and truncated work) are merged into one.
+A judgment must hold two finite scores and the preference they give: a NaN or a missing score
+would later read as "not judged", so it stops the gather naming its shard and line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from salmon_wf.data.jsonl import read_jsonl, write_json, write_jsonl
+from salmon_wf.data.jsonl import read_jsonl, read_utf8, write_json, write_jsonl
 from salmon_wf.errors import ConfigError, RecordError
 
 
@@ -32,7 +35,7 @@ def merge_summaries(paths: list[Path]) -> dict[str, Any]:
     """Counts summed, lists joined in shard order; other values (settings) must agree."""
     merged: dict[str, Any] = {"shards": len(paths)}
     for path in paths:
-        for key, value in json.loads(path.read_text(encoding="utf-8")).items():
+        for key, value in read_summary(path).items():
             if key not in merged:
                 merged[key] = value
             elif isinstance(value, bool) or not isinstance(value, int | list):
@@ -45,9 +48,43 @@ def merge_summaries(paths: list[Path]) -> dict[str, Any]:
     return merged
 
 
+def read_summary(path: Path) -> dict[str, Any]:
+    """One shard's summary: a JSON object."""
+    try:
+        value = json.loads(read_utf8(path))
+    except json.JSONDecodeError as exc:
+        what = f"invalid JSON at column {exc.colno} ({exc.msg})"
+        raise RecordError(what, file=path, line=exc.lineno) from exc
+    if not isinstance(value, dict):
+        raise RecordError("expected a JSON object (a shard summary)", file=path)
+    return value
+
+
+def judgment_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a judgment's relative_score and preference, or None."""
+    scores = record.get("relative_score")
+    numbers = isinstance(scores, list) and all(
+        isinstance(s, int | float) and not isinstance(s, bool) for s in scores
+    )
+    if not numbers or len(scores) != 2:
+        return f"field 'relative_score' must be a list of two numbers [s12, s21], got {scores!r}"
+    if not all(math.isfinite(s) for s in scores):
+        return f"field 'relative_score' must be finite, got {scores!r}"
+    s12, s21 = scores
+    expected = 1 if s12 > 0 and s21 > 0 else 2 if s12 < 0 and s21 < 0 else 0
+    if record.get("preference") != expected or isinstance(record.get("preference"), bool):
+        return f"field 'preference' is {record.get('preference')!r}, the scores give {expected}"
+    return None
+
+
 def prompt_order(prompts: Path) -> dict[str, int]:
     """Each prompt id's position in prompts.jsonl: the order every gathered file follows."""
-    return {r["id"]: i for i, r in enumerate(read_jsonl(prompts, required=("id",)))}
+    order = {}
+    for i, record in enumerate(read_jsonl(prompts, required=("id",))):
+        if not isinstance(record["id"], str):
+            raise RecordError(f"record {i + 1}: field 'id' must be a string", file=prompts)
+        order[record["id"]] = i
+    return order
 
 
 def read_shards(
@@ -64,13 +101,13 @@ def read_shards(
     records = []
     for shard in shards:
         for record in read_jsonl(shard, required=required):
-            if record["id"] not in order:
+            if not isinstance(record["id"], str) or record["id"] not in order:
                 raise RecordError(f"{shard}: id {record['id']!r} is not in {prompts}")
+            if (what := problem(record)) is not None:
+                raise RecordError(f"{shard}: {what}")
             k = key(record)
             if k in seen:
                 raise RecordError(f"{shard}: duplicate record {k!r} (also in {seen[k]})")
-            if (what := problem(record)) is not None:
-                raise RecordError(f"{shard}: {what}")
             seen[k] = shard
             records.append(record)
     return records, set(seen)
@@ -96,7 +133,9 @@ def gather_judgments(prompts: Path, shards: list[Path], principles: Path) -> lis
 
     def unknown_dimension(record: dict) -> str | None:
         dimension = record["dimension"]
-        return None if dimension in dims else f"dimension {dimension!r} not in {principles}"
+        if not isinstance(dimension, str) or dimension not in dims:
+            return f"dimension {dimension!r} not in {principles}"
+        return judgment_problem(record)
 
     records, _ = read_shards(
         shards,

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from salmon_wf.config import add_list_option, command_defaults
-from salmon_wf.data.jsonl import write_json
+from salmon_wf.data.jsonl import read_utf8, write_json
 from salmon_wf.data.principles import Principle, load_principles
 from salmon_wf.engine.context import fit_prompt
 from salmon_wf.engine.scorer import PrefixScorer
@@ -38,11 +38,23 @@ from salmon_wf.stages.pair import Pair, read_pairs
 
 PLACEHOLDERS = ("UserInstruction", "OutputA", "OutputB", "Dimension", "Definition")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+_ANY_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")  # what str.format (SALMON's) would fill
 
 
 def load_template(path: Path, answer_context: str) -> str:
-    """The judging template; it must end with the answer context (e.g. "Output (")."""
-    template = path.read_text(encoding="utf-8").rstrip("\n")
+    """The judging template; it must end with the answer context (e.g. "Output (").
+
+    Every {Name} must be one of PLACEHOLDERS: a misspelt one would reach the model as text.
+    """
+    template = read_utf8(path, TemplateError).rstrip("\n")
+    if not template.strip():
+        raise TemplateError("the template is empty", file=path)
+    unknown = sorted({m for m in _ANY_PLACEHOLDER.findall(template) if m not in PLACEHOLDERS})
+    if unknown:
+        names = ", ".join("{" + name + "}" for name in unknown)
+        raise TemplateError(
+            f"unknown placeholder(s) {names} (known: {', '.join(PLACEHOLDERS)})", file=path
+        )
     missing = [p for p in ("OutputA", "OutputB") if "{" + p + "}" not in template]
     if missing:
         raise TemplateError(f"lacks placeholder(s) {', '.join(missing)}", file=path)

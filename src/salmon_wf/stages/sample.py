@@ -19,10 +19,11 @@ import argparse
 from pathlib import Path
 
 from salmon_wf.config import add_list_option, command_defaults
-from salmon_wf.data.jsonl import read_jsonl
+from salmon_wf.data.jsonl import read_jsonl, read_utf8
 from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
 from salmon_wf.engine.context import common_prefix
 from salmon_wf.engine.sampler import Completion, Request, Sampler, SamplingParams
+from salmon_wf.errors import TemplateError
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.progress import Progress
 from salmon_wf.stages.common import (
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         stop=stops,
         seed=args.seed,
     )
-    meta = args.meta_prompt.read_text(encoding="utf-8").rstrip("\n") if args.meta_prompt else ""
+    meta = read_utf8(args.meta_prompt, TemplateError).rstrip("\n") if args.meta_prompt else ""
     ctx, loaded = start_rank(args)
     tok = loaded.tokenizer
 
