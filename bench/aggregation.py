@@ -138,12 +138,14 @@ def profile(directory: Path, paths: dict[str, Path]) -> dict:
     for p in out.iterdir():
         p.unlink()
     stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
-    ours = ("stages/aggregate.py", "data/langid.py", "data/jsonl.py")
-    total = max(v[3] for (f, _, name), v in stats.items() if f.endswith(ours[0]) and name == "run")
+    ours = ("stages/aggregate/", "data/langid.py", "data/jsonl.py", "data/atomic.py")
+    command = "stages/aggregate/cli.py"
+    total = max(v[3] for (f, _, name), v in stats.items() if f.endswith(command) and name == "run")
     rows = []
     for (file, line, name), (_, calls, tottime, cumtime, _) in stats.items():
         builtin_io = file == "~" and ("write" in name or "read_json" in name)
-        if (file.endswith(ours) or builtin_io) and cumtime >= 0.01 * total:
+        mine = any(part in file for part in ours)
+        if (mine or builtin_io) and cumtime >= 0.01 * total:
             where = f"{file.split('src/')[-1]}:{line}({name})" if file != "~" else name
             rows.append({"where": where, "calls": calls, "self_s": round(tottime, 2),
                          "cumulative_s": round(cumtime, 2)})  # fmt: skip

@@ -18,8 +18,15 @@ import pytest
 
 from salmon_wf import cli
 from salmon_wf.errors import LanguageModelError, RecordError
-from salmon_wf.stages import aggregate as agg
-from salmon_wf.stages.aggregate import Draws, Settings, decide, normalise
+from salmon_wf.stages.aggregate import cli as command
+from salmon_wf.stages.aggregate import stage
+from salmon_wf.stages.aggregate import stats as stats_module
+from salmon_wf.stages.aggregate.languages import PairLanguageDetection, PairLanguages
+from salmon_wf.stages.aggregate.maths import RULES, Draws, decide, draw, normalise
+from salmon_wf.stages.aggregate.render import Renderer
+from salmon_wf.stages.aggregate.settings import Settings
+from salmon_wf.stages.aggregate.tables import Pairs
+from salmon_wf.stages.aggregate.write import preference_files
 
 DIMS = ["Overall Helpful", "Concise", "Ethical", "Specific", "Multilingual"]
 USED = ["Concise", "Ethical", "Specific"]  # DIMS minus SALMON's default exclusions
@@ -129,7 +136,7 @@ def check_trainer_schema(records: list[dict[str, Any]]) -> None:
         assert type(r["flip"]) is bool and type(r["rule_flag"]) is bool
         lang = r["lang"]
         assert isinstance(lang, list) and len(lang) == 3 and all(type(c) is str for c in lang)
-        assert type(r["swapped"]) is bool and r["rule"] in agg.RULES
+        assert type(r["swapped"]) is bool and r["rule"] in RULES
         assert r["rule_flag"] == (r["rule"] != "none")
         assert {"instruction", "input", "output_1", "output_2", "id"} <= set(r)
 
@@ -175,6 +182,7 @@ def draws(
 
 Z = np.array([[0.5, -2.0, 1.0]])
 NO_PHRASE = np.array([[False, False]])
+NO_PHRASE4 = np.zeros((4, 2), dtype=bool)
 
 
 def test_first_k_of_the_shuffle_negation_and_dominant_index() -> None:
@@ -262,7 +270,7 @@ def test_label_noise_uses_the_rule_rate_for_rule_decisions() -> None:
 
 def test_k_is_geometric_redrawn_below_the_maximum() -> None:
     rng = np.random.default_rng(0)
-    d = agg.draw(rng, 20000, 8, Settings(max_principles=3))
+    d = draw(rng, 20000, 8, Settings(max_principles=3))
     assert set(np.unique(d.k).tolist()) == {1, 2, 3}
     # Geometric(0.2) truncated to 1..3: P(k=1) = 0.2 / (1 - 0.8**3)
     assert abs((d.k == 1).mean() - 0.2 / (1 - 0.8**3)) < 0.02
@@ -393,8 +401,8 @@ def test_score_literals_are_pythons_tuple_repr() -> None:
     z = np.array([[3 / 7.25, 0.0, -4 / 3]])
     one = decide(z, draws(1, [0, 1, 2], [False] * 3), NO_PHRASE, None, Settings())
     three = decide(z, draws(3, [2, 1, 0], [False, True, False]), NO_PHRASE, None, Settings())
-    pairs = agg.Pairs(["x"], ["I"], [""], ["A"], ["B"], np.zeros((1, 3)), np.zeros((1, 3)))
-    renderer = agg.Renderer(pairs, USED)
+    pairs = Pairs(["x"], ["I"], [""], ["A"], ["B"], np.zeros((1, 3)), np.zeros((1, 3)))
+    renderer = Renderer(pairs, USED)
     renderer.set_languages([("en", "en", "de")])
     first = json.loads(renderer.lines(np.array([0]), draws(1, [0, 1, 2], [False] * 3), one)[0])
     assert first["dimension_scores"] == "(0.41379310344827586,)" == str((3 / 7.25,))
@@ -593,12 +601,11 @@ def test_chunking_does_not_change_the_output(
 
     def render(name: str) -> bytes:
         settings = Settings(language_rule=False)
-        job = agg.Aggregation(pairs_file, summary, j, principles, settings)
-        agg.write_outputs(job.lines(), tmp_path / name, None)
+        stage.aggregate(pairs_file, summary, j, principles, settings, tmp_path / name, None)
         return (tmp_path / name).read_bytes()
 
     whole = render("a.json")
-    monkeypatch.setattr(agg, "CHUNK", 1)
+    monkeypatch.setattr(stage, "CHUNK", 1)
     assert render("b.json") == whole
 
 
@@ -806,27 +813,81 @@ def test_default_principle_file_and_help() -> None:
         0.25,
     )
     assert args.ai_phrase == AI and args.language_rule is True and args.dimensions is None
-    assert agg.__doc__ is not None and "reward-model" in agg.__doc__.splitlines()[0]
+    assert command.__doc__ is not None and "reward-model" in command.__doc__.splitlines()[0]
 
 
 def test_outputs_are_replaced_only_when_complete(tmp_path: Path) -> None:
     target, copy = tmp_path / "p.json", tmp_path / "p.jsonl"
     target.write_text("old\n")
 
-    def batches() -> Any:
-        yield ['{"a": 1}', '{"a": 2}']
+    with pytest.raises(RuntimeError), preference_files(target, copy) as files:
+        files.write(['{"a": 1}', '{"a": 2}'])
         raise RuntimeError("killed mid-write")
-
-    with pytest.raises(RuntimeError):
-        agg.write_outputs(batches(), target, copy)
     assert target.read_text() == "old\n" and not copy.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]  # no temporary left over
-    assert agg.write_outputs(iter([['{"a": 1}'], [], ['{"a": 2}']]), target, copy) == 2
+    with preference_files(target, copy) as files:
+        for batch in (['{"a": 1}'], [], ['{"a": 2}']):
+            files.write(batch)
+    assert files.count == 2
     assert json.loads(target.read_text()) == [{"a": 1}, {"a": 2}]
     assert copy.read_text() == '{"a": 1}\n{"a": 2}\n'
+    with preference_files(tmp_path / "empty.json", None) as files:
+        pass
+    assert (tmp_path / "empty.json").read_text() == "[]\n" and files.count == 0
     plain = tmp_path / "plain"
     plain.write_text("")
     assert target.stat().st_mode == plain.stat().st_mode  # umask permissions, not 0600
+
+
+def test_stats_are_the_returned_value(tmp_path: Path) -> None:
+    """aggregate() returns the count and stats it wrote; a second run returns equal values."""
+    pairs_file, summary, j = write_inputs(tmp_path, HAND)
+    principles = principles_file(tmp_path)
+    settings = Settings(language_rule=False, passes=3)
+    out = tmp_path / "a.json"
+    count, stats = stage.aggregate(pairs_file, summary, j, principles, settings, out, None)
+    assert count == stats["examples"] == len(json.loads(out.read_text()))
+    assert stats["candidates"] == 3 * 2 and stats["pairs_kept"] == 2
+    assert sum(stats["rule"].values()) == sum(stats["preference"].values()) == count
+    assert stage.aggregate(pairs_file, summary, j, principles, settings, out, None) == (
+        count,
+        stats,
+    )
+
+
+def test_pass_counts_add_up_field_by_field() -> None:
+    n, d = 4, 3
+    z = np.array([[1.0, 0.0, -2.0], [0.0, 0.0, 0.0], [0.5, -0.5, 0.0], [3.0, 1.0, 1.0]])
+    counts = [
+        stats_module.pass_counts(one, decide(z, one, NO_PHRASE4, None, Settings()), 8)
+        for one in (draw(np.random.default_rng(s), n, d, Settings()) for s in (1, 2))
+    ]
+    total = counts[0] + counts[1]
+    assert total.candidates == 2 * n and counts[0].candidates == n
+    assert total.examples == counts[0].examples + counts[1].examples
+    assert total.zero_score == counts[0].zero_score + counts[1].zero_score >= 2  # row 1 is all 0
+    assert total.rule.tolist() == (counts[0].rule + counts[1].rule).tolist()
+    assert int(total.rule.sum()) == total.examples == int(total.principles.sum())
+    assert int(total.dominant_dimension.sum()) == total.examples
+
+
+def test_language_results_are_named_per_text() -> None:
+    langs = PairLanguages(["en", None, "de"], ["en", "de", "en"], ["fr", "de", None])
+    kept = langs.take([2, 0])
+    assert kept.instruction == ["de", "en"] and kept.output_1 == ["en", "en"]
+    assert kept.output_2 == [None, "fr"]
+    # An unknown language (None) never differs; both known and unequal does.
+    assert kept.differs().tolist() == [[True, False], [False, True]]
+    assert langs.differs().tolist() == [[False, True], [False, False], [True, False]]
+    assert kept.shown() == (["de", "en"], ["en", "en"], ["unknown", "fr"])
+    detection = PairLanguageDetection(
+        ["Guten Morgen, wie geht es dir?", "1234"],
+        ["Good morning, how are you today?", "Bonjour, comment allez-vous ?"],
+        ["Mir geht es gut, danke.", "!!!"],
+        max_chars=100,
+    )
+    found = detection.result()
+    assert found == PairLanguages(["de", None], ["en", "fr"], ["de", None])
 
 
 def test_langid_model_path_is_used_or_a_clear_error(tmp_path: Path) -> None:

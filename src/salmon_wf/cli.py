@@ -32,7 +32,7 @@ COMMANDS: dict[str, str] = {
     "gather": "salmon_wf.stages.gather",
     "pair": "salmon_wf.stages.pair",
     "judge": "salmon_wf.stages.judge",
-    "aggregate": "salmon_wf.stages.aggregate",
+    "aggregate": "salmon_wf.stages.aggregate.cli",
 }
 
 

@@ -1,0 +1,18 @@
+"""Stage 4, SALMON's aggregation of judgments into reward-model preference data, by job.
+
+The command (`salmon-wf aggregate`; its docstring is the stage's full description) is cli.py;
+the rest is one module per job, in the order the data flows:
+
+- tables.py: reading pairs.jsonl, pairs.summary.json and judgments.jsonl, joined by id
+- languages.py: the languages of every pair's instruction and outputs, by name
+- maths.py: SALMON's maths, pure numpy: normalise, draw, decide
+- render.py: each written example's JSON line
+- write.py: preferences.json and its JSONL copy, streamed by a writer thread
+- stats.py: each pass's counts as values, and the stats report
+- stage.py: prepare -> write the passes -> report
+- settings.py: the parameters (SALMON's values are the defaults) and the used dimensions
+"""
+
+from salmon_wf.stages.aggregate.settings import DEFAULT_EXCLUDED, Settings
+
+__all__ = ["DEFAULT_EXCLUDED", "Settings"]

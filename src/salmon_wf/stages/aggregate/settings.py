@@ -1,0 +1,59 @@
+"""The aggregation's parameters (SALMON's values are the defaults) and the used dimensions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from salmon_wf.data.langid import DEFAULT_MAX_CHARS
+
+DEFAULT_EXCLUDED = ("Overall Helpful", "Natural and Fluent", "Multilingual")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Aggregation parameters (SALMON's values are the defaults)."""
+
+    seed: int = 42
+    dimensions: tuple[str, ...] | None = None  # None: all but DEFAULT_EXCLUDED
+    passes: int = 4
+    geometric_p: float = 0.2
+    max_principles: int = 8
+    negation_prob: float = 0.5
+    ai_rule_prob: float = 0.5
+    ai_phrase: str = "As an AI language model"
+    noise: float = 0.1
+    rule_noise: float = 0.25
+    language_rule: bool = True
+    langid_max_chars: int = DEFAULT_MAX_CHARS
+    langid_model: str | None = None  # None or "": the bundled lite lid.176.ftz
+
+    def check(self) -> None:
+        if self.passes < 1 or self.max_principles < 1 or self.langid_max_chars < 1:
+            raise ValueError("passes, max_principles and langid_max_chars must be >= 1")
+        if not 0 < self.geometric_p <= 1:
+            raise ValueError(f"geometric_p must be in (0, 1], got {self.geometric_p}")
+        for name in ("negation_prob", "ai_rule_prob", "noise", "rule_noise"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.ai_phrase:
+            raise ValueError("ai_phrase must not be empty")
+
+
+def resolve_dimensions(known: Sequence[str], requested: Sequence[str] | None) -> tuple[str, ...]:
+    """Used dimensions in principle-file order (so the order they were listed in is irrelevant).
+
+    `requested` entries may be comma lists; None means all but DEFAULT_EXCLUDED.
+    """
+    if requested is None:
+        chosen = [d for d in known if d not in DEFAULT_EXCLUDED]
+    else:
+        chosen = [name.strip() for item in requested for name in item.split(",") if name.strip()]
+        unknown = [d for d in chosen if d not in known]
+        if unknown:
+            raise ValueError(f"dimension(s) {unknown} not in the principle file ({list(known)})")
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"dimension listed twice in {chosen}")
+    if not chosen:
+        raise ValueError("no dimension left to aggregate over")
+    return tuple(d for d in known if d in chosen)

@@ -1,0 +1,162 @@
+"""The aggregation from its inputs to its outputs: prepare, run the passes, report.
+
+As Meta's llama generation (build -> generate -> format), in three steps a reader can follow:
+`prepare` reads and joins the tables, normalises the scores and identifies the languages
+(`Prepared`); `write_passes` draws, decides, renders and writes each pass and returns each
+pass's counts; `stats.report` turns them into preferences.stats.json. `aggregate` runs the three.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salmon_wf.data.langid import check_model
+from salmon_wf.data.principles import load_principles
+from salmon_wf.progress import Progress
+from salmon_wf.stages.aggregate.languages import PairLanguageDetection
+from salmon_wf.stages.aggregate.maths import decide, draw, normalise
+from salmon_wf.stages.aggregate.render import Renderer
+from salmon_wf.stages.aggregate.settings import Settings, resolve_dimensions
+from salmon_wf.stages.aggregate.stats import PassCounts, pass_counts, report
+from salmon_wf.stages.aggregate.tables import kept_pairs, read_candidates, read_scores
+from salmon_wf.stages.aggregate.write import PreferenceFiles, preference_files
+
+CHUNK = 1 << 13  # examples rendered and written at a time (bounds memory, not the output)
+
+
+@dataclass
+class Prepared:
+    """Everything the passes need, for the N kept pairs in pairs.jsonl order."""
+
+    dims: tuple[str, ...]  # used dimensions, principle-file order
+    z: np.ndarray  # (N, D) principle scores
+    variance: np.ndarray  # (D,) each dimension's population variance
+    has_phrase: np.ndarray  # (N, 2) bool: output_1 / output_2 contain the AI phrase
+    lang_differs: np.ndarray | None  # (N, 2) bool; None when the language rule is off
+    renderer: Renderer  # the pairs' encoded texts and languages
+    read: dict[str, Any]  # the counts of reading and joining, in report order
+    instruction_languages: dict[str, int]  # kept pairs by instruction code, most common first
+
+
+def prepare(
+    pairs_file: Path,
+    pairs_summary: Path | None,
+    judgments: Path,
+    principles: Path,
+    settings: Settings,
+    workers: int,
+    progress: Progress,
+) -> Prepared:
+    """Read, join, normalise and identify languages, keeping both cores busy.
+
+    The pairs are read first; language identification of every instruction and output then
+    starts in worker processes, and the judgments are read and the kept pairs' texts
+    JSON-encoded while it runs (docs/benchmarks.md has the measured effect). Texts of pairs
+    that are dropped later are identified too (their codes are not used); the codes do not
+    depend on which other texts are identified.
+    """
+    settings.check()
+    known = [p.dimension for p in load_principles(principles)]
+    dims = resolve_dimensions(known, settings.dimensions)
+    # A wrong model path fails here, before any reading (LanguageDetection checks it too).
+    model = check_model(settings.langid_model)
+    runs = read_candidates(pairs_file, pairs_summary)
+    progress.step(f"read the pairs: {len(runs.ids)} pairs")
+    # Every record reports the codes of its instruction and both outputs (as SALMON's), rule
+    # or no rule.
+    detection = PairLanguageDetection(
+        runs.instruction, runs.output_1, runs.output_2, settings.langid_max_chars, workers, model
+    )
+    try:
+        scores = read_scores(judgments, runs.ids, dims, known)
+        progress.step(f"read judgments: {scores.counts['pairs_kept']} pairs kept")
+        pairs = kept_pairs(runs, scores)
+        kept = scores.kept
+        del scores, runs
+        n = len(pairs.ids)
+        z, variance = normalise(pairs.s12, pairs.s21)
+        phrase = settings.ai_phrase
+        outputs = zip(pairs.output_1, pairs.output_2, strict=True)
+        has_phrase = np.array([[phrase in a, phrase in b] for a, b in outputs], dtype=bool)
+        has_phrase = has_phrase.reshape(n, 2)
+        renderer = Renderer(pairs, dims)
+        read = pairs.counts
+        del pairs  # the renderer holds the encoded texts
+        progress.step("encoded the texts")
+        every = detection.result()
+    finally:
+        detection.cancel()
+    progress.step(f"identified the languages of {3 * kept.size} texts")
+    languages = every.take(np.flatnonzero(kept).tolist())
+    del every
+    lang_differs = languages.differs() if settings.language_rule else None
+    shown = languages.shown()
+    del languages
+    renderer.set_languages(zip(*shown, strict=True))
+    instruction_languages = dict(Counter(shown[0]).most_common())
+    return Prepared(
+        dims, z, variance, has_phrase, lang_differs, renderer, read, instruction_languages
+    )
+
+
+def write_passes(
+    prepared: Prepared, settings: Settings, files: PreferenceFiles, progress: Progress
+) -> list[PassCounts]:
+    """Each pass's examples, drawn, decided, rendered and written; each pass's counts."""
+    n, d = prepared.z.shape
+    rng = np.random.default_rng(settings.seed)
+    counts = []
+    for number in range(settings.passes):
+        draws = draw(rng, n, d, settings)
+        out = decide(prepared.z, draws, prepared.has_phrase, prepared.lang_differs, settings)
+        counts.append(pass_counts(draws, out, settings.max_principles))
+        rows = np.flatnonzero(out.keep)
+        for start in range(0, rows.size, CHUNK):
+            files.write(prepared.renderer.lines(rows[start : start + CHUNK], draws, out))
+        progress.step(f"pass {number + 1} of {settings.passes}: {rows.size} examples")
+    return counts
+
+
+def aggregate(
+    pairs_file: Path,
+    pairs_summary: Path | None,
+    judgments: Path,
+    principles: Path,
+    settings: Settings,
+    output: Path,
+    output_jsonl: Path | None,
+    workers: int = 1,
+) -> tuple[int, dict[str, Any]]:
+    """Write the preferences (JSON list, and the JSONL copy); the examples written and the stats."""
+    # Millions of long-lived texts and lists: the cyclic collector would re-walk them after
+    # every few hundred new lists (each chunk makes ~10^5), doubling the rendering time. The
+    # stage builds no reference cycles worth collecting, so it runs without it.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        progress = Progress("aggregate", stream=sys.stdout)  # one line per step
+        prepared = prepare(
+            pairs_file, pairs_summary, judgments, principles, settings, workers, progress
+        )
+        with preference_files(output, output_jsonl) as files:
+            counts = write_passes(prepared, settings, files, progress)
+    finally:
+        if collecting:
+            gc.enable()
+    stats = report(
+        settings,
+        prepared.dims,
+        prepared.read,
+        prepared.variance,
+        len(prepared.z),
+        prepared.instruction_languages,
+        counts,
+    )
+    return files.count, stats
