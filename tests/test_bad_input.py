@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import pytest
 from oasst_files import DEMO, demo_rows, nest, write_lines, write_parquet
 
 from salmon_wf import cli
+from salmon_wf.config import validate
 from salmon_wf.errors import SalmonError
 
 SALMON_WF = [sys.executable, "-m", "salmon_wf.cli"]
@@ -578,3 +580,282 @@ def test_a_layout_or_split_no_reader_knows_is_one_line() -> None:
     assert str(info.value) == "--split: unknown split 'test'; expected all or one of " + (
         "('train', 'validation')"
     )
+
+
+# --- principle files, templates, JSONL shards and judgments, settings ---------------------
+
+ENTRY = {"dimension": "Honest", "definition": "tells the truth", "negative_definition": "lies"}
+
+
+def write_file(path: Path, data: str | bytes) -> Path:
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data, encoding="utf-8")
+    return path
+
+
+def load_principles_line(path: Path) -> str | None:
+    from salmon_wf.data.principles import load_principles
+
+    try:
+        load_principles(path)
+    except SalmonError as exc:
+        return cli.error_line("judge", exc)
+    return None
+
+
+# (case, the file's content, the line's text after "salmon-wf judge: error: {path}")
+PRINCIPLE_ERRORS: list[tuple[str, str | bytes, str]] = [
+    ("not JSON", '[{"dimension": ', " line 1: invalid JSON at column 16 (Expecting value)"),
+    ("empty file", "", " line 1: invalid JSON at column 1 (Expecting value)"),
+    ("empty list", "[]", ": the principle list is empty"),
+    (
+        "an object, not a list",
+        json.dumps(ENTRY),
+        ": expected a JSON list of principles, got an object",
+    ),
+    ("entry not an object", '["Honest"]', ": entry 0: expected an object, got a string"),
+    (
+        "missing key",
+        json.dumps([{k: v for k, v in ENTRY.items() if k != "negative_definition"}]),
+        ": entry 0: field 'negative_definition' missing",
+    ),
+    (
+        "wrong type",
+        json.dumps([{**ENTRY, "dimension": 5}]),
+        ": entry 0: field 'dimension' must be a string, got a number",
+    ),
+    (
+        "empty definition",
+        json.dumps([{**ENTRY, "definition": "  "}]),
+        ": entry 0: field 'definition' is empty",
+    ),
+    (
+        "duplicate dimension",
+        json.dumps([ENTRY, {**ENTRY, "definition": "other"}]),
+        ": entry 1: field 'dimension': 'Honest' duplicates entry 0",
+    ),
+    (
+        "invalid UTF-8",
+        b'[{"dimension": "Hon\xe9st"}]',
+        " line 1: invalid UTF-8 at byte 19 of the line (invalid continuation byte)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "what"), PRINCIPLE_ERRORS, ids=[c[0] for c in PRINCIPLE_ERRORS]
+)
+def test_broken_principle_file_is_one_line(
+    tmp_path: Path, case: str, content: str | bytes, what: str
+) -> None:
+    path = write_file(tmp_path / "principles.json", content)
+    assert load_principles_line(path) == f"salmon-wf judge: error: {path}{what}", case
+
+
+TEMPLATE = (RESOURCES / "judge_template.txt").read_text(encoding="utf-8")
+KNOWN = "UserInstruction, OutputA, OutputB, Dimension, Definition"
+TEMPLATE_ERRORS: list[tuple[str, str | bytes, str]] = [
+    ("missing placeholder", TEMPLATE.replace("{OutputB}", "B"), ": lacks placeholder(s) OutputB"),
+    (
+        "unknown placeholder",
+        TEMPLATE.replace("{Definition}", "{Defintion}"),
+        f": unknown placeholder(s) {{Defintion}} (known: {KNOWN})",
+    ),
+    ("wrong ending", TEMPLATE.rstrip("\n") + " Answer:", ": must end with 'Output ('"),
+    ("empty", "\n\n", ": the template is empty"),
+    (
+        "invalid UTF-8",
+        TEMPLATE.encode("utf-8").replace(b"{OutputA}", b"{OutputA}\x80", 1),
+        " line 7: invalid UTF-8 at byte 9 of the line (invalid start byte)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "what"), TEMPLATE_ERRORS, ids=[c[0] for c in TEMPLATE_ERRORS]
+)
+def test_broken_template_is_one_line(
+    tmp_path: Path, case: str, content: str | bytes, what: str
+) -> None:
+    from salmon_wf.stages.judge import load_template
+
+    path = write_file(tmp_path / "template.txt", content)
+    with pytest.raises(SalmonError) as info:
+        load_template(path, "Output (")
+    assert cli.error_line("judge", info.value) == f"salmon-wf judge: error: {path}{what}", case
+
+
+PROMPTS = [{"id": "a"}, {"id": "b"}]
+RESPONSE = {"instruction": "q", "input": "", "response": "r"}
+
+
+def gather_argv(tmp: Path, shards: list[Path], principles: bool = False) -> list[str]:
+    prompts = write_lines(tmp / "prompts.jsonl", PROMPTS)
+    argv = ["gather", "--prompts", str(prompts), "--shards", *map(str, shards)]
+    if principles:
+        principle_file = write_file(tmp / "principles.json", json.dumps([ENTRY]))
+        argv += ["--principles", str(principle_file)]
+    return [*argv, "--output", str(tmp / "out.jsonl")]
+
+
+def gathered_line(tmp: Path, shards: list[Path], principles: bool = False) -> str | None:
+    """The gather's error line; out.jsonl from an earlier run is left as it was."""
+    (tmp / "out.jsonl").write_text(PREVIOUS, encoding="utf-8")
+    line = command_line(gather_argv(tmp, shards, principles))
+    assert (tmp / "out.jsonl").read_text(encoding="utf-8") == PREVIOUS
+    return line
+
+
+def good(i: str) -> bytes:
+    return json.dumps({"id": i, **RESPONSE}).encode()
+
+
+SHARD_ERRORS: list[tuple[str, list[bytes], str]] = [
+    (
+        "invalid JSON",
+        [good("a"), b'{"id": "b", '],
+        " line 2: invalid JSON (Expecting property name enclosed in double quotes)",
+    ),
+    (
+        "torn last line",
+        [good("a"), good("b")[:20]],
+        " line 2: invalid JSON (Unterminated string starting at)",
+    ),
+    ("missing id", [good("a"), b'{"response": "r"}'], " line 2: field 'id' missing"),
+    ("id a number", [good("a"), b'{"id": 7}'], ": id 7 is not in {prompts}"),
+    ("id a list", [good("a"), b'{"id": ["b"]}'], ": id ['b'] is not in {prompts}"),
+    ("unknown id", [good("a"), good("zz")], ": id 'zz' is not in {prompts}"),
+    ("duplicate", [good("a"), good("a")], ": duplicate record 'a' (also in {shard})"),
+    (
+        "invalid UTF-8",
+        [good("a"), b'{"id": "b\xff"}'],
+        " line 2: invalid UTF-8 at byte 9 of the line (invalid start byte)",
+    ),
+    ("null record", [good("a"), b"null"], " line 2: expected a JSON object, got null"),
+    ("a prompt missing", [good("a")], "1 prompt(s) have no response, e.g. ['b']"),
+]
+
+
+@pytest.mark.parametrize(("case", "lines", "what"), SHARD_ERRORS, ids=[c[0] for c in SHARD_ERRORS])
+def test_broken_response_shard_is_one_line(
+    tmp_path: Path, case: str, lines: list[bytes], what: str
+) -> None:
+    shard = raw_lines(tmp_path / "shard-0-of-1.jsonl", lines)
+    if case == "torn last line":
+        shard.write_bytes(shard.read_bytes().rstrip(b"\n"))
+    line = gathered_line(tmp_path, [shard])
+    prompts = tmp_path / "prompts.jsonl"
+    where = "" if case == "a prompt missing" else str(shard)
+    expected = what.format(prompts=prompts, shard=shard)
+    assert line == f"salmon-wf gather: error: {where}{expected}", case
+
+
+def judgment(i: str, scores: Any, preference: Any = 1, dimension: str = "Honest") -> bytes:
+    record = {"id": i, "dimension": dimension, "relative_score": scores, "preference": preference}
+    return json.dumps(record).encode()
+
+
+JUDGMENT_ERRORS: list[tuple[str, bytes, str]] = [
+    (
+        "score NaN",
+        judgment("a", [1.0, math.nan]),
+        "field 'relative_score' must be finite, got [1.0, nan]",
+    ),
+    (
+        "score Infinity",
+        judgment("a", [math.inf, 1.0]),
+        "field 'relative_score' must be finite, got [inf, 1.0]",
+    ),
+    (
+        "one score",
+        judgment("a", [1.0]),
+        "field 'relative_score' must be a list of two numbers [s12, s21], got [1.0]",
+    ),
+    (
+        "three scores",
+        judgment("a", [1.0, 2.0, 3.0]),
+        "field 'relative_score' must be a list of two numbers [s12, s21], got [1.0, 2.0, 3.0]",
+    ),
+    (
+        "string scores",
+        judgment("a", ["1", "2"]),
+        "field 'relative_score' must be a list of two numbers [s12, s21], got ['1', '2']",
+    ),
+    (
+        "boolean scores",
+        judgment("a", [True, True]),
+        "field 'relative_score' must be a list of two numbers [s12, s21], got [True, True]",
+    ),
+    (
+        "no scores",
+        b'{"id": "a", "dimension": "Honest", "preference": 1}',
+        "field 'relative_score' must be a list of two numbers [s12, s21], got None",
+    ),
+    (
+        "preference the scores do not give",
+        judgment("a", [1.0, -1.0], 1),
+        "field 'preference' is 1, the scores give 0",
+    ),
+    (
+        "preference a boolean",
+        judgment("a", [1.0, 1.0], True),
+        "field 'preference' is True, the scores give 1",
+    ),
+    (
+        "unknown dimension",
+        judgment("a", [1.0, 1.0], 1, "Kind"),
+        "dimension 'Kind' not in {principles}",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "record", "what"), JUDGMENT_ERRORS, ids=[c[0] for c in JUDGMENT_ERRORS]
+)
+def test_broken_judgment_is_one_line(tmp_path: Path, case: str, record: bytes, what: str) -> None:
+    shard = raw_lines(tmp_path / "shard-0-of-1.jsonl", [judgment("b", [2.0, 1.0]), record])
+    line = gathered_line(tmp_path, [shard], principles=True)
+    expected = what.format(principles=tmp_path / "principles.json")
+    assert line == f"salmon-wf gather: error: {shard}: {expected}", case
+
+
+def test_a_nan_judgment_through_the_installed_command(tmp_path: Path) -> None:
+    shard = raw_lines(tmp_path / "shard.jsonl", [judgment("a", [math.nan, 1.0])])
+    assert subprocess_line(gather_argv(tmp_path, [shard], principles=True)) == (
+        f"salmon-wf gather: error: {shard}: field 'relative_score' must be finite, got [nan, 1.0]"
+    )
+
+
+def test_a_broken_shard_summary_is_one_line(tmp_path: Path) -> None:
+    shard = raw_lines(tmp_path / "shard.jsonl", [judgment("a", [1.0, 1.0])])
+    summary = write_file(tmp_path / "summary.json", '{"pairs": 1,')
+    argv = gather_argv(tmp_path, [shard], principles=True)
+    argv += ["--summaries", str(summary), "--summary", str(tmp_path / "merged.json")]
+    assert command_line(argv) == (
+        f"salmon-wf gather: error: {summary} line 1: invalid JSON at column 13 (Expecting "
+        "property name enclosed in double quotes)"
+    )
+    write_file(summary, "[1]")
+    assert command_line(argv) == (
+        f"salmon-wf gather: error: {summary}: expected a JSON object (a shard summary)"
+    )
+
+
+CONFIG_ERRORS: list[tuple[dict[str, Any], str]] = [
+    ({"judge": {"shards": 0}}, "config judge.shards: 0 is less than the minimum of 1"),
+    ({"model": {"mp": -1}}, "config model.mp: -1 is less than the minimum of 1"),
+    (
+        {"sampling": {"defaults": {"temperature": "hot"}}},
+        "config sampling.defaults.temperature: 'hot' is not of type 'number'",
+    ),
+    ({"aggregate": {"seed": 1.5}}, "config aggregate.seed: 1.5 is not of type 'integer'"),
+]
+
+
+@pytest.mark.parametrize(("config", "line"), CONFIG_ERRORS, ids=[c[1] for c in CONFIG_ERRORS])
+def test_a_setting_outside_the_schema_is_one_line(config: dict[str, Any], line: str) -> None:
+    with pytest.raises(SalmonError) as info:
+        validate(config)
+    assert str(info.value) == line
