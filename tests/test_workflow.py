@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import stat
 from collections import Counter
 from pathlib import Path
 
@@ -71,6 +73,18 @@ def test_every_output_has_the_right_counts_and_schema(done_run: Path) -> None:
     for rule in ("clean_prompts", "pair_responses", "aggregate"):
         assert (done_run / "logs" / f"{rule}.log").exists()
         assert (done_run / "benchmarks" / f"{rule}.tsv").exists()
+
+
+def test_every_result_is_readable_as_the_umask_allows(done_run: Path) -> None:
+    """Every stage's files (sample and judge shards too) get 0o666 less the umask, not 0600."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    files = [p for p in (done_run / "results").rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"prompts.jsonl", "pairs.jsonl", "judgments.jsonl", "preferences.json"} <= names
+    assert {"shard-0-of-2.jsonl", "judgments.summary.json", "preferences.stats.json"} <= names
+    modes = {p.relative_to(done_run).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
 
 
 def test_dry_run_after_a_complete_run_has_nothing_to_do(done_run: Path) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from salmon_wf.data.atomic import atomic_file
 from salmon_wf.errors import RecordError, SalmonError
 
 
@@ -88,35 +88,20 @@ def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict[
             yield record
 
 
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call write(handle) on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """One line per record, written whole (data/atomic.py); the number of records."""
     count = 0
-
-    def write(handle: TextIO) -> None:
-        nonlocal count
+    with atomic_file(path, "w") as handle:
         for record in records:
             handle.write(dumps(record) + "\n")
             count += 1
-
-    atomic_write(path, write)
     return count
 
 
 def write_json(path: str | Path, value: Any) -> None:
-    atomic_write(path, lambda h: h.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n"))
+    """`value` as indented JSON, written whole (data/atomic.py)."""
+    with atomic_file(path, "w") as handle:
+        handle.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
 class ResumableOutput:
