@@ -225,6 +225,27 @@ def test_aggregate_bad_pairs_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith(f"salmon-wf aggregate: error: {pairs} line 1: ")
 
 
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--passes", "0"], "--passes: must be >= 1, got 0"),
+        (["--noise", "1.5"], "--noise: must be in [0, 1], got 1.5"),
+        (["--dimensions", "Nonexistent"], "--dimensions: dimension(s) ['Nonexistent'] not in"),
+    ],
+)
+def test_aggregate_bad_setting_is_one_line(tmp_path: Path, flags: list[str], line: str) -> None:
+    pairs = write_lines(tmp_path / "pairs.jsonl")
+    summary = tmp_path / "pairs.summary.json"
+    summary.write_text(json.dumps({"pairs": 0, "dropped": {}}))
+    judgments = write_lines(tmp_path / "judgments.jsonl")
+    principles = Path(__file__).parents[1] / "src/salmon_wf/resources/principles.json"
+    command = ["aggregate", "--pairs", str(pairs), "--pairs-summary", str(summary)]
+    command += ["--judgments", str(judgments), "--principles", str(principles)]
+    lines = failing([*command, "--output", str(tmp_path / "prefs.json"), *flags])
+    assert len(lines) == 1 and lines[0].startswith(f"salmon-wf aggregate: error: {line}")
+    assert not (tmp_path / "prefs.json").exists()
+
+
 def test_the_launcher_ends_a_failed_group_without_torchruns_traceback(
     legacy_pth_model: Path,
 ) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from salmon_wf.config import command_defaults
 from salmon_wf.data.langid import DEFAULT_MAX_CHARS
+from salmon_wf.errors import ConfigError
 
 DEFAULT_EXCLUDED = ("Overall Helpful", "Natural and Fluent", "Multilingual")
 
@@ -33,15 +34,20 @@ class Settings:
     langid_model: str | None = _SCHEMA["langid_model"]  # None or "": the bundled lite lid.176.ftz
 
     def check(self) -> None:
-        if self.passes < 1 or self.max_principles < 1 or self.langid_max_chars < 1:
-            raise ValueError("passes, max_principles and langid_max_chars must be >= 1")
+        for name in ("passes", "max_principles", "langid_max_chars"):
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", field=flag)
         if not 0 < self.geometric_p <= 1:
-            raise ValueError(f"geometric_p must be in (0, 1], got {self.geometric_p}")
+            raise ConfigError(f"must be in (0, 1], got {self.geometric_p}", field="--geometric-p")
         for name in ("negation_prob", "ai_rule_prob", "noise", "rule_noise"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(
+                    f"must be in [0, 1], got {getattr(self, name)}",
+                    field="--" + name.replace("_", "-"),
+                )
         if not self.ai_phrase:
-            raise ValueError("ai_phrase must not be empty")
+            raise ConfigError("must not be empty", field="--ai-phrase")
 
 
 def resolve_dimensions(known: Sequence[str], requested: Sequence[str] | None) -> tuple[str, ...]:
@@ -55,9 +61,12 @@ def resolve_dimensions(known: Sequence[str], requested: Sequence[str] | None) ->
         chosen = [name.strip() for item in requested for name in item.split(",") if name.strip()]
         unknown = [d for d in chosen if d not in known]
         if unknown:
-            raise ValueError(f"dimension(s) {unknown} not in the principle file ({list(known)})")
+            raise ConfigError(
+                f"dimension(s) {unknown} not in the principle file ({list(known)})",
+                field="--dimensions",
+            )
         if len(set(chosen)) != len(chosen):
-            raise ValueError(f"dimension listed twice in {chosen}")
+            raise ConfigError(f"dimension listed twice in {chosen}", field="--dimensions")
     if not chosen:
-        raise ValueError("no dimension left to aggregate over")
+        raise ConfigError("no dimension left to aggregate over", field="--dimensions")
     return tuple(d for d in known if d in chosen)
