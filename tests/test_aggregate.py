@@ -17,7 +17,7 @@ import pyarrow.json as pj
 import pytest
 
 from salmon_wf import cli
-from salmon_wf.errors import LanguageModelError, RecordError
+from salmon_wf.errors import ConfigError, LanguageModelError, RecordError
 from salmon_wf.stages.aggregate import cli as command
 from salmon_wf.stages.aggregate import stage
 from salmon_wf.stages.aggregate import stats as stats_module
@@ -779,13 +779,13 @@ def test_bad_inputs_fail_clearly(tmp_path: Path, change: str, message: str) -> N
     [
         (("--dimensions", "Concise,Funny"), "not in the principle file"),
         (("--dimensions", "Concise", "--dimensions", "Concise"), "listed twice"),
-        (("--geometric-p", "0"), "geometric_p must be in (0, 1]"),
-        (("--noise", "1.5"), "noise must be in [0, 1]"),
+        (("--geometric-p", "0"), "--geometric-p: must be in (0, 1]"),
+        (("--noise", "1.5"), "--noise: must be in [0, 1]"),
     ],
 )
 def test_bad_parameters_fail_clearly(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:
     inputs = write_inputs(tmp_path, HAND)
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ConfigError) as caught:
         run_cli(tmp_path, inputs, *flags)
     assert message in str(caught.value)
 
