@@ -37,7 +37,7 @@ def format_prompt(
                 "prompt style chat_template needs the tokenizer's chat template", field="--style"
             )
         return template.render(user, meta_prompt)
-    raise ValueError(f"prompt style must be one of {STYLES}, got {style!r}")
+    raise ConfigError(f"must be one of {STYLES}, got {style!r}", field="--style")
 
 
 def encode_chat(

@@ -36,11 +36,11 @@ class Tokenizer(ABC):
         ids = self._encode(text)
         if bos:
             if self.bos_id is None:
-                raise ValueError(f"{self.path}: tokenizer has no BOS token")
+                raise CheckpointError(f"{self.path}: tokenizer has no BOS token")
             ids = [self.bos_id, *ids]
         if eos:
             if self.eos_id is None:
-                raise ValueError(f"{self.path}: tokenizer has no EOS token")
+                raise CheckpointError(f"{self.path}: tokenizer has no EOS token")
             ids = [*ids, self.eos_id]
         return ids
 
@@ -64,7 +64,7 @@ class Tokenizer(ABC):
         full = self._encode(context + piece)
         if full[: len(base)] == base and len(full) == len(base) + 1:
             return full[-1]
-        raise ValueError(
+        raise CheckpointError(
             f"{self.path}: {piece!r} after {context[-20:]!r} does not encode to one extra token "
             f"({base[-3:]} -> {full[-4:]})"
         )
