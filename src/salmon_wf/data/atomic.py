@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal, TextIO, overload
 
+from salmon_wf.killpoint import kill_point
+
 CREATE_MODE = 0o666  # open()'s own: the umask decides what the group and others may read
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -71,6 +73,7 @@ def _atomic(path: Path, mode: str) -> Iterator[BinaryIO | TextIO]:
             yield handle  # type: ignore[misc]
             handle.flush()
             os.fsync(handle.fileno())  # the data is on disk before the name points at it
+        kill_point("atomic.rename")  # a test hook (killpoint.py); nothing when unset
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TextIO
 
 from salmon_wf.data.atomic import atomic_file
 from salmon_wf.errors import RecordError, SalmonError
+from salmon_wf.killpoint import kill_point
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -116,25 +118,40 @@ class ResumableOutput:
         self._handle: TextIO | None = None
 
     def existing(self) -> list[dict[str, Any]]:
-        """Complete records from an earlier run of the same job (none if the job changed)."""
-        if not (self.partial.exists() and self.stamp.exists()):
+        """Complete records from an earlier run of the same job (none if the job changed).
+
+        A partial file stamped by another job (another model, tokenizer or setting: the
+        workflow's fingerprint names them) is not reused, and the log says so.
+        """
+        if not self.partial.exists():
             return []
         try:
             stamp = json.loads(self.stamp.read_text())
-        except json.JSONDecodeError:
-            return []
-        if stamp.get("fingerprint") != self.fingerprint:
+        except (OSError, json.JSONDecodeError):
+            stamp = {}
+        theirs = stamp.get("fingerprint") if isinstance(stamp, dict) else None
+        if theirs != self.fingerprint:
+            self._log(
+                f"{self.partial}: not reused: its stamp names fingerprint {theirs!r}, this "
+                f"job is {self.fingerprint!r} (another model, tokenizer or setting)"
+            )
             return []
         records = []
         with self.partial.open(encoding="utf-8") as handle:
             for line in handle:
                 if not line.endswith("\n"):
+                    self._log(f"{self.partial}: dropped a torn last line (redone)")
                     break  # torn last line of a killed run
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
+                    self._log(f"{self.partial}: dropped an unreadable line and what follows")
                     break
         return records
+
+    def _log(self, message: str) -> None:
+        if self.writer:
+            print(message, file=sys.stderr, flush=True)
 
     def start(self, keep: list[dict[str, Any]]) -> None:
         """Rewrite the partial file with exactly `keep`, then append from there."""
@@ -152,10 +169,25 @@ class ResumableOutput:
         self._handle.write("".join(dumps(r) + "\n" for r in records))
         self._handle.flush()
 
-    def finish(self) -> None:
+    def finish(self, order: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        """The partial file becomes the output; with `order`, its lines sorted by it.
+
+        Records are appended as they finish (a sampling batch finishes them out of prompt
+        order, and a resumed run appends after the kept ones), so the output is written sorted
+        (a stable sort of the lines as written): the same bytes whether or not the job resumed.
+        """
         if self._handle is None:
             return
         self._handle.close()
         self._handle = None
-        os.replace(self.partial, self.output)
+        if order is None:
+            os.replace(self.partial, self.output)
+        else:
+            with self.partial.open(encoding="utf-8") as handle:
+                lines = handle.readlines()
+            lines.sort(key=lambda line: order(json.loads(line)))
+            with atomic_file(self.output, "w") as out:
+                out.writelines(lines)
+            kill_point("shard.rename")
+            self.partial.unlink()
         self.stamp.unlink(missing_ok=True)

@@ -1,8 +1,11 @@
-"""What the GPU stages (sample, judge) share: model options, rank set-up, sharding, resuming."""
+"""What the GPU stages (sample, judge) share: model options, rank set-up, sharding, resuming,
+stopping on SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,6 +16,7 @@ from salmon_wf.config import command_defaults
 from salmon_wf.data.jsonl import ResumableOutput
 from salmon_wf.engine.context import POLICIES
 from salmon_wf.errors import ConfigError
+from salmon_wf.killpoint import kill_point
 from salmon_wf.model.dtypes import DTYPES
 from salmon_wf.model.loader import LoadedModel, load_model
 from salmon_wf.model.parallel import ParallelContext, setup_model_parallel
@@ -93,4 +97,49 @@ def resume(
     kept = keep(out.existing())
     barrier()
     out.start(kept)
+    kill_point("shard.start")  # a test hook (killpoint.py); nothing when unset
     return out, kept
+
+
+STOPPED = 128 + signal.SIGTERM  # the shell's status for a process ended by SIGTERM
+
+
+class Termination:
+    """SIGTERM (SLURM preemption, scancel, a requeue; torchrun forwards it to every rank) stops
+    the shard between two records instead of wherever it is.
+
+    Every record is appended and flushed whole, so the partial file then holds exactly the
+    finished work and the retry resumes from it. The ranks of a model-parallel group agree
+    (an all-reduce per check) so that all leave at the same record and none waits in a
+    collective for a rank that left. Installed after `resume`: before it there is nothing to
+    keep, and a SIGTERM ends the job at once, as by default.
+    """
+
+    def __init__(self, ctx: ParallelContext) -> None:
+        self.ctx = ctx
+        self.signalled = False
+        signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, _signum: int, _frame: object) -> None:
+        self.signalled = True
+
+    def requested(self) -> bool:
+        """Whether any rank got SIGTERM; every rank must call it at the same points."""
+        if self.ctx.world_size == 1:
+            return self.signalled
+        import torch
+
+        flag = torch.tensor([int(self.signalled)], device=self.ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def stop(self, label: str, out: ResumableOutput, written: int, kept: int) -> int:
+        """The line saying where the shard stopped; the exit status (non-zero: not done)."""
+        if self.ctx.is_main:
+            print(
+                f"[{label}] stopped by SIGTERM: {kept + written} records in {out.partial} "
+                f"({kept} resumed, {written} new); a rerun resumes from there",
+                file=sys.stderr,
+                flush=True,
+            )
+        return STOPPED

@@ -25,9 +25,11 @@ from salmon_wf.data.principles import Principle, load_principles
 from salmon_wf.engine.context import fit_prompt
 from salmon_wf.engine.scorer import PrefixScorer
 from salmon_wf.errors import ConfigError, TemplateError
+from salmon_wf.killpoint import kill_point
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.progress import Progress
 from salmon_wf.stages.common import (
+    Termination,
     add_model_arguments,
     add_shard_arguments,
     resume,
@@ -175,7 +177,11 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(label, len(pairs), done=len(pairs) - len(todo), enabled=ctx.is_main)
     skipped: list[str] = []
     n = len(principles)
+    term = Termination(ctx)
+    written = 0
     for pair in todo:  # one pair per call: its scores do not depend on its neighbours
+        if term.requested():
+            return term.stop(label, out, written, len(complete))
         encoded = [tok.encode(t, bos=bos) for t in pair_prompts(pair, principles, template)]
         fitted = [fit_prompt(e, limit, args.long_prompt_policy) for e in encoded]
         progress.update()
@@ -200,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
             )
         out.append(records)
         kept.extend(records)
+        written += 1
+        kill_point("shard.append")  # a test hook (killpoint.py); nothing when unset
     if ctx.is_main:
         judgments, prompts = count_truncated(kept)
         summary = {"shard_pairs": len(pairs), "resumed": len(complete)}
@@ -209,5 +217,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{label}] done: {summary | scorer.stats}", flush=True)
         if args.summary is not None:
             write_json(args.summary, summary | {"skipped_ids": skipped})
-    out.finish()
+    position = {p.id: i for i, p in enumerate(pairs)}
+    out.finish(order=lambda record: position[record["id"]])  # pair order, then principle order
     return 0

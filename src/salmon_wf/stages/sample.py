@@ -24,9 +24,11 @@ from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
 from salmon_wf.engine.context import common_prefix
 from salmon_wf.engine.sampler import Completion, Request, Sampler, SamplingParams
 from salmon_wf.errors import TemplateError
+from salmon_wf.killpoint import kill_point
 from salmon_wf.model.tokenizer import Tokenizer
 from salmon_wf.progress import Progress
 from salmon_wf.stages.common import (
+    Termination,
     add_model_arguments,
     add_shard_arguments,
     resume,
@@ -180,10 +182,15 @@ def run(args: argparse.Namespace) -> int:
     )
     label = f"{args.label} shard {args.shard + 1}/{args.num_shards}"
     progress = Progress(label, len(prompts), done=len(kept), enabled=ctx.is_main)
-    for completion in sampler.generate(requests, params):
+    term = Termination(ctx)
+    position = {p["id"]: i for i, p in enumerate(prompts)}
+    for written, completion in enumerate(sampler.generate(requests, params), start=1):
         out.append([to_record(by_id[completion.key], completion, cuts)])
+        kill_point("shard.append")  # a test hook (killpoint.py); nothing when unset
         progress.update(extra=f"{sampler.stats['generated_tokens']} tokens")
-    out.finish()
+        if term.requested():
+            return term.stop(label, out, written, len(kept))
+    out.finish(order=lambda record: position[record["id"]])  # prompt order, resumed or not
     if ctx.is_main:
         stats = sampler.stats
         print(f"[{label}] done: {len(prompts)} prompts ({len(kept)} resumed), {stats}", flush=True)

@@ -19,6 +19,7 @@ import numpy as np
 
 from salmon_wf.data.langid import check_model
 from salmon_wf.data.principles import load_principles
+from salmon_wf.killpoint import kill_point
 from salmon_wf.progress import Progress
 from salmon_wf.stages.aggregate.languages import PairLanguageDetection
 from salmon_wf.stages.aggregate.maths import decide, draw, normalise
@@ -120,6 +121,7 @@ def write_passes(
         rows = np.flatnonzero(out.keep)
         for start in range(0, rows.size, CHUNK):
             files.write(prepared.renderer.lines(rows[start : start + CHUNK], draws, out))
+            kill_point("aggregate.chunk")  # a test hook (killpoint.py); nothing when unset
         progress.step(f"pass {number + 1} of {settings.passes}: {rows.size} examples")
     return counts
 
