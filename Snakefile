@@ -11,6 +11,7 @@ include: "rules/prompts.smk"
 include: "rules/sample.smk"
 include: "rules/judge.smk"
 include: "rules/aggregate.smk"
+include: "rules/ledger.smk"
 
 
 rule all:
@@ -19,3 +20,4 @@ rule all:
         f"{RESULTS}/preferences.json",
         f"{RESULTS}/preferences.jsonl",
         f"{RESULTS}/preferences.stats.json",
+        f"{RESULTS}/ledger.json",

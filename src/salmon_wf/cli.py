@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "pair": "salmon_wf.stages.pair",
     "judge": "salmon_wf.stages.judge",
     "aggregate": "salmon_wf.stages.aggregate.cli",
+    "ledger": "salmon_wf.stages.ledger",
     "status": "salmon_wf.status",
 }
 
