@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import pickle
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from oasst_files import DEMO, demo_rows, nest, write_lines, write_parquet
 
 from salmon_wf import cli
@@ -859,3 +862,169 @@ def test_a_setting_outside_the_schema_is_one_line(config: dict[str, Any], line: 
     with pytest.raises(SalmonError) as info:
         validate(config)
     assert str(info.value) == line
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+
+class Payload:
+    """Pickles as a call to print: harmless, and visible on stdout if it ever ran."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("THE PAYLOAD RAN",))
+
+
+def pickle_payload(model: Path) -> Path:
+    """Shard 0 holding a pickled call next to a tensor: weights_only must refuse it."""
+    shard = model / "consolidated.00.pth"
+    torch.save({"tok_embeddings.weight": torch.zeros(2), "x": Payload()}, shard)
+    assert b"print" in shard.read_bytes() and pickle.DEFAULT_PROTOCOL >= 2
+    return shard
+
+
+def model_copy(source: Path, tmp: Path) -> Path:
+    copy = tmp / "model"
+    shutil.copytree(source, copy)
+    return copy
+
+
+def test_a_pickle_payload_is_refused_in_one_line(tiny_dir: Path, tmp_path: Path) -> None:
+    model = model_copy(tiny_dir, tmp_path)
+    shard = pickle_payload(model)
+    done = subprocess.run(
+        [*SALMON_WF, "generate", "--model", str(model), "--prompt", "hi"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "THE PAYLOAD RAN" not in done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"salmon-wf generate: error: {shard}: refused by torch.load(weights_only=True): it holds "
+        "a pickled object, not only tensors (print is not an allowed global)"
+    ]
+
+
+def edit_params(model: Path, **changes: Any) -> None:
+    path = model / "params.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+def cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+LOAD = "cannot load with torch.load(weights_only=True, mmap=True)"
+MMAP = (
+    "(mmap can only be used with files saved with `torch.save(_use_new_zipfile_serialization="
+    "True), please torch.save your checkpoint with this option in order to use mmap.)"
+)
+# (case, mp of the model, change(model), the line's text after "salmon-wf generate: error: ",
+# with {m} for the model folder)
+CHECKPOINT_ERRORS: list[tuple[str, int, Callable[[Path], Any], str]] = [
+    (
+        "missing shard of an MP-2 model",
+        2,
+        lambda m: (m / "consolidated.01.pth").unlink(),
+        "{m}: weight 'tok_embeddings.weight' has shape (512, 32) across 1 file(s), params.json "
+        "implies (512, 64)",
+    ),
+    (
+        "an extra shard (MP 3 files of an MP-2 model)",
+        2,
+        lambda m: shutil.copy(m / "consolidated.01.pth", m / "consolidated.02.pth"),
+        "{m}: weight 'tok_embeddings.weight' has shape (512, 96) across 3 file(s), params.json "
+        "implies (512, 64)",
+    ),
+    (
+        "no shard at all",
+        1,
+        lambda m: (m / "consolidated.00.pth").unlink(),
+        "{m}: no consolidated.NN.pth checkpoint files",
+    ),
+    (
+        "corrupt shard (random bytes)",
+        1,
+        lambda m: (m / "consolidated.00.pth").write_bytes(b"\x00garbage" * 100),
+        "{m}/consolidated.00.pth: " + LOAD + " " + MMAP,
+    ),
+    (
+        "empty shard",
+        1,
+        lambda m: (m / "consolidated.00.pth").write_bytes(b""),
+        "{m}/consolidated.00.pth: " + LOAD + " " + MMAP,
+    ),
+    (
+        "truncated shard",
+        1,
+        lambda m: cut_in_half(m / "consolidated.00.pth"),
+        "{m}/consolidated.00.pth: " + LOAD + " (PytorchStreamReader failed reading zip archive: "
+        "failed finding central directory. This is an internal miniz error. If you are seeing "
+        "this error, there is a high likelihood that your checkpoint file is corrupted. This can "
+        "happen if the checkpoint was not saved properly, was transferred incorrectly, or the "
+        "file was modified after saving.)",
+    ),
+    (
+        "a shard holding a list",
+        1,
+        lambda m: torch.save([torch.zeros(2)], m / "consolidated.00.pth"),
+        "{m}/consolidated.00.pth: expected a dict of name -> tensor",
+    ),
+    (
+        "params dim does not match the weights",
+        1,
+        lambda m: edit_params(m, dim=32),
+        "{m}: weight 'tok_embeddings.weight' has shape (512, 64) across 1 file(s), params.json "
+        "implies (512, 32)",
+    ),
+    (
+        "params with more layers than the weights",
+        1,
+        lambda m: edit_params(m, n_layers=3),
+        "{m}/consolidated.00.pth: missing weight 'layers.2.attention.wk.weight'",
+    ),
+    (
+        "params.json not UTF-8",
+        1,
+        lambda m: (m / "params.json").write_bytes(b"{\xff"),
+        "{m}/params.json: not valid JSON ('utf-8' codec can't decode byte 0xff in position 1: "
+        "invalid start byte)",
+    ),
+    (
+        "tokenizer larger than the embedding",
+        1,
+        lambda m: edit_params(m, vocab_size=100),
+        "{m}/tokenizer.model: tokenizer has 512 tokens but the model's embedding has 100 rows "
+        "({m}/params.json)",
+    ),
+    (
+        "tokenizer not a sentencepiece model",
+        1,
+        lambda m: (m / "tokenizer.model").write_bytes(b"not a model"),
+        "{m}/tokenizer.model: not a sentencepiece model (INTERNAL: could not parse ModelProto "
+        "from {m}/tokenizer.model)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "mp", "change", "what"), CHECKPOINT_ERRORS, ids=[c[0] for c in CHECKPOINT_ERRORS]
+)
+def test_a_broken_checkpoint_is_one_line(
+    request: pytest.FixtureRequest,
+    single_rank: Any,
+    tmp_path: Path,
+    case: str,
+    mp: int,
+    change: Callable[[Path], Any],
+    what: str,
+) -> None:
+    from salmon_wf.model.loader import load_model
+
+    source = request.getfixturevalue("tiny_dir" if mp == 1 else "tiny_dir_mp2")
+    model = model_copy(source, tmp_path)
+    change(model)
+    with pytest.raises(SalmonError) as info:
+        load_model(model, single_rank)
+    line = cli.error_line("generate", info.value)
+    assert line == "salmon-wf generate: error: " + what.format(m=model), case

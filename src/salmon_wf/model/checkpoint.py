@@ -21,6 +21,7 @@ _COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "f
 _ROW = ("attention.wo", "feed_forward.w2")
 IGNORED_KEYS = ("rope.freqs",)
 _SHARD_FILE = re.compile(r"consolidated\.(\d+)\.pth$")
+_REFUSED = re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global")
 
 
 def load_weights(file: Path) -> dict[str, torch.Tensor]:
@@ -32,6 +33,13 @@ def load_weights(file: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # pickle / zip / mmap errors come in many types
+        refused = _REFUSED.search(str(exc))
+        if refused is not None:  # a pickled object weights_only will not build: never run it
+            raise CheckpointError(
+                "refused by torch.load(weights_only=True): it holds a pickled object, not only "
+                f"tensors ({refused.group(1)} is not an allowed global)",
+                file=file,
+            ) from exc
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         raise CheckpointError(
             f"cannot load with torch.load(weights_only=True, mmap=True) ({first or type(exc)})",
@@ -155,7 +163,7 @@ def load_rank_state(
         source_names = {k: k for k in expected} | {"output.weight": "tok_embeddings.weight"}
     else:
         source_names = {k: k for k in expected}
-    for src in set(source_names.values()):
+    for src in sorted(set(source_names.values())):  # the same name named every run
         for f, shard in zip(files, shards, strict=True):
             if src not in shard:
                 raise CheckpointError(f"{f}: missing weight '{src}'")
