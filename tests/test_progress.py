@@ -22,8 +22,8 @@ def test_update_prints_done_rate_and_eta_at_most_every_few_seconds(
     progress.update(extra="12 tokens")  # t=106: 2 done in 6 s
     progress.update()  # t=107: 1 s later, but the last item always prints
     assert stream.getvalue().splitlines() == [
-        "[judge shard 1/2] 3/4 (0.33/s, eta 3s) 12 tokens",
-        "[judge shard 1/2] 4/4 (0.43/s, eta 0s)",
+        "[judge shard 1/2] 3/4, 1 resumed (0.33/s, eta 3s) 12 tokens",
+        "[judge shard 1/2] 4/4, 1 resumed (0.43/s, eta 0s)",
     ]
 
 
@@ -59,3 +59,37 @@ def test_the_default_stream_is_stderr_at_print_time(capsys: pytest.CaptureFixtur
     captured = capsys.readouterr()
     assert captured.out == ""
     assert re.fullmatch(r"\[sample\] 1/1 \(\d+\.\d\d/s, eta 0s\)\n", captured.err)
+
+
+def test_the_line_has_unit_resumed_tokens_per_second_and_eta() -> None:
+    progress = Progress("sample response0 shard 1/2", total=10, done=4, unit="prompts", bar=False)
+    progress.done, progress.tokens = 6, 300  # this run: 2 prompts and 300 tokens
+    assert progress.line(elapsed=4.0) == (
+        "[sample response0 shard 1/2] 6/10 prompts, 4 resumed (0.50/s, 75.0 tokens/s, eta 8s)"
+    )
+    fresh = Progress("judge shard 2/2", total=3, unit="pairs", bar=False)
+    fresh.update(tokens=50)  # the last item prints at once: no resumed, tokens/s shown
+    assert re.fullmatch(
+        r"\[judge shard 2/2\] 1/3 pairs \(\d+\.\d\d/s, \d+\.\d tokens/s, eta \d+s\)",
+        fresh.line(1.0),
+    )
+    assert fresh.line(2.0).endswith("(0.50/s, 25.0 tokens/s, eta 4s)")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_tqdm_bar_starting_at_the_resumed_count() -> None:
+    pytest.importorskip("tqdm")
+    stream = Terminal()
+    progress = Progress("sample shard 1/1", total=3, done=1, stream=stream, unit="prompts")
+    assert progress._bar is not None and progress._bar.n == 1
+    progress.update(tokens=40)
+    progress.update(tokens=80)
+    text = stream.getvalue()
+    assert "sample shard 1/1" in text and "3/3" in text and "tokens/s" in text
+    assert "[sample shard 1/1]" not in text  # the bar, not the log lines
+    log = io.StringIO()  # not a terminal: lines
+    assert Progress("x", total=1, stream=log)._bar is None

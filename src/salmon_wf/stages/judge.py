@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     scorer = PrefixScorer(loaded.model, args.max_rows, template_head(tok, template, bos))
     limit = judge_limit(loaded.model.args.max_seq_len, args.max_length)
     label = f"judge shard {args.shard + 1}/{args.num_shards}"
-    progress = Progress(label, len(pairs), done=len(pairs) - len(todo), enabled=ctx.is_main)
+    progress = Progress(label, len(pairs), len(pairs) - len(todo), ctx.is_main, unit="pairs")
+    scored = 0  # prompt tokens this run scored
     skipped: list[str] = []
     n = len(principles)
     term = Termination(ctx)
@@ -184,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
             return term.stop(label, out, written, len(complete))
         encoded = [tok.encode(t, bos=bos) for t in pair_prompts(pair, principles, template)]
         fitted = [fit_prompt(e, limit, args.long_prompt_policy) for e in encoded]
-        progress.update()
+        scored += sum(len(f.ids) for f in fitted if f.ids is not None)
+        progress.update(tokens=scored)
         if any(f.ids is None for f in fitted):
             skipped.append(pair.id)
             continue

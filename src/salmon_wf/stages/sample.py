@@ -181,13 +181,13 @@ def run(args: argparse.Namespace) -> int:
         long_prompt_policy=args.long_prompt_policy,
     )
     label = f"{args.label} shard {args.shard + 1}/{args.num_shards}"
-    progress = Progress(label, len(prompts), done=len(kept), enabled=ctx.is_main)
+    progress = Progress(label, len(prompts), len(kept), ctx.is_main, unit="prompts")
     term = Termination(ctx)
     position = {p["id"]: i for i, p in enumerate(prompts)}
     for written, completion in enumerate(sampler.generate(requests, params), start=1):
         out.append([to_record(by_id[completion.key], completion, cuts)])
         kill_point("shard.append")  # a test hook (killpoint.py); nothing when unset
-        progress.update(extra=f"{sampler.stats['generated_tokens']} tokens")
+        progress.update(tokens=sampler.stats["generated_tokens"])
         if term.requested():
             return term.stop(label, out, written, len(kept))
     out.finish(order=lambda record: position[record["id"]])  # prompt order, resumed or not
