@@ -737,7 +737,11 @@ SHARD_ERRORS: list[tuple[str, list[bytes], str]] = [
         " line 2: invalid UTF-8 at byte 9 of the line (invalid start byte)",
     ),
     ("null record", [good("a"), b"null"], " line 2: expected a JSON object, got null"),
-    ("a prompt missing", [good("a")], "1 prompt(s) have no response, e.g. ['b']"),
+    (
+        "a prompt missing",
+        [good("a")],
+        "{prompts}: 1 prompt(s) have no response in 1 shard(s), e.g. ['b']",
+    ),
 ]
 
 

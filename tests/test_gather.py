@@ -35,7 +35,10 @@ def test_responses_follow_prompt_order_and_cover_every_prompt(
     one = write(tmp_path / "s0.jsonl", [{"id": "b", "n": 1}, {"id": "c", "n": 2}])
     two = write(tmp_path / "s1.jsonl", [{"id": "a", "n": 3}])
     assert [r["id"] for r in gather_responses(prompts, [one, two])] == ["c", "a", "b"]
-    with pytest.raises(RecordError, match=r"^1 prompt\(s\) have no response, e.g. \['a'\]$"):
+    with pytest.raises(
+        RecordError,
+        match=rf"^{prompts}: 1 prompt\(s\) have no response in 1 shard\(s\), e.g. \['a'\]$",
+    ):
         gather_responses(prompts, [one])
     again = write(tmp_path / "s2.jsonl", [{"id": "a"}])
     with pytest.raises(RecordError, match=f"^{again}: duplicate record 'a' \\(also in {two}\\)$"):

@@ -119,7 +119,11 @@ def gather_responses(prompts: Path, shards: list[Path]) -> list[dict]:
     records, seen = read_shards(shards, prompts, order, ("id",), lambda r: r["id"])
     missing = [k for k in order if k not in seen]
     if missing:
-        raise RecordError(f"{len(missing)} prompt(s) have no response, e.g. {missing[:3]}")
+        raise RecordError(
+            f"{len(missing)} prompt(s) have no response in {len(shards)} shard(s), "
+            f"e.g. {missing[:3]}",
+            file=prompts,
+        )
     records.sort(key=lambda r: order[r["id"]])
     return records
 
