@@ -1032,3 +1032,18 @@ def test_a_broken_checkpoint_is_one_line(
         load_model(model, single_rank)
     line = cli.error_line("generate", info.value)
     assert line == "salmon-wf generate: error: " + what.format(m=model), case
+
+
+def test_the_aggregations_judgment_reader_names_a_bad_utf8_line(tmp_path: Path) -> None:
+    from salmon_wf.stages.aggregate.tables import JUDGMENT_SCHEMA, read_table
+
+    path = raw_lines(
+        tmp_path / "judgments.jsonl",
+        [judgment("a", [1.0, 1.0]), b'{"id": "b", "dimension": "H\xff", "relative_score": [1]}'],
+    )
+    with pytest.raises(SalmonError) as info:
+        read_table(path, JUDGMENT_SCHEMA)
+    assert (
+        str(info.value)
+        == f"{path} line 2: invalid UTF-8 at byte 27 of the line (invalid start byte)"
+    )

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from salmon_wf.data.jsonl import parse_record
+from salmon_wf.data.jsonl import decoded_lines, parse_record
 from salmon_wf.errors import RecordError
 
 BLOCK = 4 << 20  # bytes of JSONL parsed at a time
@@ -62,8 +62,8 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
 
 def _read_strict(path: Path, schema: pa.Schema) -> pa.Table:
     columns: dict[str, list[Any]] = {name: [] for name in schema.names}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # invalid UTF-8 names its line
+        for number, line in decoded_lines(path, handle):
             if not line.strip():
                 continue
             where = f"{path} line {number}"
