@@ -63,10 +63,10 @@ def run_profile(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*command, *extra], capture_output=True, text=True, timeout=900)
 
 
-def local_run(workdir: Path) -> None:
+def local_run(workdir: Path, *targets: str) -> None:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
     command += ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml")]
-    done = subprocess.run([*command, "--cores", "2"], capture_output=True, text=True)
+    done = subprocess.run([*command, "--cores", "2", *targets], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -177,3 +177,45 @@ def test_profile_by_name_runs_on_the_cluster(cluster: None, tmp_path: Path) -> N
     shards = [j for j in jobs_of_cluster() if "sample_shard" in j and workdir in j]
     assert len(shards) == 2  # response0's two shards ran as SLURM jobs
     assert all("Partition=gpu" in j for j in shards)
+
+
+@pytest.mark.parametrize("how", ["scancel --signal=TERM", "scontrol requeue"])
+def test_preempted_shard_flushes_on_sigterm_and_the_retry_resumes(
+    cluster: None, tmp_path: Path, how: str
+) -> None:
+    """Preemption as SLURM does it: SIGTERM to the job's steps (srun -> torchrun -> the rank),
+    or a requeue (SIGTERM, SIGKILL after KillWait, the job queued again). The shard stops
+    between records, and the retry (Snakemake's, or SLURM's requeued job) resumes after them."""
+    slow = {"sampling.defaults.max_new_tokens": 120, "sampling.defaults.batch_size": 1}
+    slow |= {"sampling.defaults.stop": ["<never>"], "sampling.runs.response0.shards": 1}
+    local = tmp_path / "local"
+    for workdir in (tmp_path, local):
+        workdir.mkdir(exist_ok=True)
+        write_config(workdir, **CLUSTER, **slow)
+    target = "results/responses/response0.jsonl"
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]
+    command += ["--profile", str(REPO / "profiles" / "slurm"), "--retries", "1", target]
+    command += ["--slurm-status-command", "squeue"]
+    command += ["--slurm-init-seconds-before-status-checks", "1"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    partial = tmp_path / "results/responses/response0/shard-0-of-1.jsonl.partial"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.read_text().count("\n") >= 3):
+        if run.poll() is not None or time.monotonic() > deadline:
+            run.kill()
+            pytest.fail(f"the shard never got going: {run.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+    squeue = ["squeue", "-h", "-o", "%i", "--state=RUNNING", "--partition=gpu"]
+    job = subprocess.run(squeue, capture_output=True, text=True, check=True).stdout.split()[0]
+    subprocess.run([*how.split(), job], check=True)
+    time.sleep(1)  # the rank has stopped at its next record: what it wrote is whole
+    kept = partial.read_text().splitlines(keepends=True)
+    assert len(kept) >= 3 and all(line.endswith("\n") for line in kept)
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output[-4000:]
+    log = (tmp_path / "logs/sample/response0/shard-0-of-1.log").read_text()
+    resumed = int(re.search(r"\((\d+) resumed\)", log).group(1))
+    assert resumed >= len(kept)  # the records flushed on SIGTERM were not sampled again
+    local_run(local, target)
+    assert (tmp_path / target).read_bytes() == (local / target).read_bytes()
