@@ -5,7 +5,12 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
+import signal
 import stat
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -87,6 +92,44 @@ def test_every_result_is_readable_as_the_umask_allows(done_run: Path) -> None:
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
 
 
+FINAL = ["prompts.jsonl", "responses/response0.jsonl", "responses/response1.jsonl",
+         "pairs.jsonl", "judgments.jsonl", "preferences.json", "preferences.jsonl",
+         "preferences.stats.json"]  # fmt: skip
+
+
+def test_kill_9_of_everything_mid_sampling_then_unlock_and_rerun_gives_the_same_bytes(
+    done_run: Path, tmp_path: Path
+) -> None:
+    """A user's kill -9 of Snakemake and its jobs mid-sampling, `--unlock`, rerun: the final
+    outputs are the uninterrupted run's bytes, and the rerun resumes the flushed prompts."""
+    write_config(tmp_path)
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]
+    run = subprocess.Popen(
+        [*command, "--cores", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes its jobs too
+    )
+    shards = tmp_path / "results" / "responses"
+    deadline = time.monotonic() + 300
+    while sum(p.read_text().count("\n") for p in shards.rglob("*.partial")) < 3:
+        assert run.poll() is None and time.monotonic() < deadline, "sampling never started"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    flushed = sum(p.read_text().count("\n") for p in shards.rglob("*.partial"))
+    snakemake(tmp_path, "--unlock")
+    snakemake(tmp_path, "--cores", "2")
+    for name in FINAL:
+        assert (tmp_path / "results" / name).read_bytes() == (
+            done_run / "results" / name
+        ).read_bytes(), name
+    logs = "".join(p.read_text() for p in (tmp_path / "logs" / "sample").rglob("*.log"))
+    resumed = sum(int(n) for n in re.findall(r"\((\d+) resumed\)", logs))
+    assert resumed >= flushed >= 3  # the prompts flushed before the kill were not redone
+
+
 def test_dry_run_after_a_complete_run_has_nothing_to_do(done_run: Path) -> None:
     write_config(done_run)
     assert planned_jobs(done_run) == Counter()
@@ -96,6 +139,7 @@ def test_rulegraph_renders_every_stage(done_run: Path) -> None:
     graph = snakemake(done_run, "--rulegraph")
     for rule in ("clean_prompts", "sample_shard", "gather_responses", "judge_shard", "aggregate"):
         assert rule in graph
+    assert "ledger" in graph
     assert graph.lstrip().startswith("digraph") or "digraph" in graph
 
 
@@ -109,6 +153,7 @@ def test_sampling_parameter_of_one_run_reruns_that_run_judge_and_aggregate(done_
         judge_shard=2,
         gather_judgments=1,
         aggregate=1,
+        ledger=1,
     )
     outputs = " ".join(planned_outputs(done_run))
     assert "response0/shard-0-of-2" in outputs and "response1" not in outputs.replace(
@@ -122,13 +167,13 @@ def test_principle_file_change_reruns_judge_and_aggregate_only(done_run: Path, t
     entries[0]["definition"] += " Edited."
     principles.write_text(json.dumps(entries))
     write_config(done_run, **{"judge.principles": str(principles)})
-    expected = Counter(fingerprint=1, judge_shard=2, gather_judgments=1, aggregate=1)
+    expected = Counter(fingerprint=1, judge_shard=2, gather_judgments=1, aggregate=1, ledger=1)
     assert planned_jobs(done_run) == expected
 
 
 def test_aggregation_parameter_reruns_aggregate_only(done_run: Path) -> None:
     write_config(done_run, **{"aggregate.seed": 7})
-    assert planned_jobs(done_run) == Counter(aggregate=1)
+    assert planned_jobs(done_run) == Counter(aggregate=1, ledger=1)
 
 
 def test_shard_count_of_one_run_reruns_only_its_sampling_with_same_bytes(done_run: Path):
