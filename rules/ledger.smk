@@ -1,17 +1,19 @@
 # The ledger: every message and prompt accounted for, stage by stage, from the stages' summaries.
+# Every change upstream reruns the aggregation, so only its stats are not `ancient`: a
+# regathered response file with the same bytes (a new shard count) does not rerun the ledger.
 
 
 rule ledger:
     input:
-        prompts=f"{RESULTS}/prompts.jsonl",
-        prompts_summary=f"{RESULTS}/prompts.summary.json",
-        responses=[f"{RESULTS}/responses/{run}.jsonl" for run in RUNS],
-        pairs=f"{RESULTS}/pairs.jsonl",
-        pairs_summary=f"{RESULTS}/pairs.summary.json",
-        judgments=f"{RESULTS}/judgments.jsonl",
-        judgments_summary=f"{RESULTS}/judgments.summary.json",
-        principles=config["judge"]["principles"],
-        preferences=f"{RESULTS}/preferences.jsonl",
+        prompts=ancient(f"{RESULTS}/prompts.jsonl"),
+        prompts_summary=ancient(f"{RESULTS}/prompts.summary.json"),
+        responses=ancient([f"{RESULTS}/responses/{run}.jsonl" for run in RUNS]),
+        pairs=ancient(f"{RESULTS}/pairs.jsonl"),
+        pairs_summary=ancient(f"{RESULTS}/pairs.summary.json"),
+        judgments=ancient(f"{RESULTS}/judgments.jsonl"),
+        judgments_summary=ancient(f"{RESULTS}/judgments.summary.json"),
+        principles=ancient(config["judge"]["principles"]),
+        preferences=ancient(f"{RESULTS}/preferences.jsonl"),
         stats=f"{RESULTS}/preferences.stats.json",
     output:
         f"{RESULTS}/ledger.json",
