@@ -5,7 +5,12 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
+import signal
 import stat
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -85,6 +90,44 @@ def test_every_result_is_readable_as_the_umask_allows(done_run: Path) -> None:
     assert {"shard-0-of-2.jsonl", "judgments.summary.json", "preferences.stats.json"} <= names
     modes = {p.relative_to(done_run).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files}
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+FINAL = ["prompts.jsonl", "responses/response0.jsonl", "responses/response1.jsonl",
+         "pairs.jsonl", "judgments.jsonl", "preferences.json", "preferences.jsonl",
+         "preferences.stats.json"]  # fmt: skip
+
+
+def test_kill_9_of_everything_mid_sampling_then_unlock_and_rerun_gives_the_same_bytes(
+    done_run: Path, tmp_path: Path
+) -> None:
+    """A user's kill -9 of Snakemake and its jobs mid-sampling, `--unlock`, rerun: the final
+    outputs are the uninterrupted run's bytes, and the rerun resumes the flushed prompts."""
+    write_config(tmp_path)
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]
+    run = subprocess.Popen(
+        [*command, "--cores", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes its jobs too
+    )
+    shards = tmp_path / "results" / "responses"
+    deadline = time.monotonic() + 300
+    while sum(p.read_text().count("\n") for p in shards.rglob("*.partial")) < 3:
+        assert run.poll() is None and time.monotonic() < deadline, "sampling never started"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    flushed = sum(p.read_text().count("\n") for p in shards.rglob("*.partial"))
+    snakemake(tmp_path, "--unlock")
+    snakemake(tmp_path, "--cores", "2")
+    for name in FINAL:
+        assert (tmp_path / "results" / name).read_bytes() == (
+            done_run / "results" / name
+        ).read_bytes(), name
+    logs = "".join(p.read_text() for p in (tmp_path / "logs" / "sample").rglob("*.log"))
+    resumed = sum(int(n) for n in re.findall(r"\((\d+) resumed\)", logs))
+    assert resumed >= flushed >= 3  # the prompts flushed before the kill were not redone
 
 
 def test_dry_run_after_a_complete_run_has_nothing_to_do(done_run: Path) -> None:
