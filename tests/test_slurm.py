@@ -186,7 +186,7 @@ def test_preempted_shard_flushes_on_sigterm_and_the_retry_resumes(
     """Preemption as SLURM does it: SIGTERM to the job's steps (srun -> torchrun -> the rank),
     or a requeue (SIGTERM, SIGKILL after KillWait, the job queued again). The shard stops
     between records, and the retry (Snakemake's, or SLURM's requeued job) resumes after them."""
-    slow = {"sampling.defaults.max_new_tokens": 120, "sampling.defaults.batch_size": 1}
+    slow = {"sampling.defaults.max_new_tokens": 60, "sampling.defaults.batch_size": 1}
     slow |= {"sampling.defaults.stop": ["<never>"], "sampling.runs.response0.shards": 1}
     local = tmp_path / "local"
     for workdir in (tmp_path, local):
@@ -209,6 +209,10 @@ def test_preempted_shard_flushes_on_sigterm_and_the_retry_resumes(
     squeue = ["squeue", "-h", "-o", "%i", "--state=RUNNING", "--partition=gpu"]
     job = subprocess.run(squeue, capture_output=True, text=True, check=True).stdout.split()[0]
     subprocess.run([*how.split(), job], check=True)
+    if how == "scontrol requeue":  # a requeued job waits (BeginTime) before it may start again
+        time.sleep(2)
+        update = ["scontrol", "update", f"JobId={job}", "StartTime=now"]
+        subprocess.run(update, capture_output=True)
     time.sleep(1)  # the rank has stopped at its next record: what it wrote is whole
     kept = partial.read_text().splitlines(keepends=True)
     assert len(kept) >= 3 and all(line.endswith("\n") for line in kept)
