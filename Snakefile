@@ -5,6 +5,9 @@
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/model.smk"
 include: "rules/prompts.smk"
@@ -12,6 +15,7 @@ include: "rules/sample.smk"
 include: "rules/judge.smk"
 include: "rules/aggregate.smk"
 include: "rules/ledger.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -21,3 +25,4 @@ rule all:
         f"{RESULTS}/preferences.jsonl",
         f"{RESULTS}/preferences.stats.json",
         f"{RESULTS}/ledger.json",
+        f"{RESULTS}/report/examples.html",  # the report's figures, from rule report_figures

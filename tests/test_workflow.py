@@ -154,6 +154,7 @@ def test_sampling_parameter_of_one_run_reruns_that_run_judge_and_aggregate(done_
         gather_judgments=1,
         aggregate=1,
         ledger=1,
+        report_figures=1,
     )
     outputs = " ".join(planned_outputs(done_run))
     assert "response0/shard-0-of-2" in outputs and "response1" not in outputs.replace(
@@ -168,12 +169,13 @@ def test_principle_file_change_reruns_judge_and_aggregate_only(done_run: Path, t
     principles.write_text(json.dumps(entries))
     write_config(done_run, **{"judge.principles": str(principles)})
     expected = Counter(fingerprint=1, judge_shard=2, gather_judgments=1, aggregate=1, ledger=1)
+    expected["report_figures"] = 1
     assert planned_jobs(done_run) == expected
 
 
 def test_aggregation_parameter_reruns_aggregate_only(done_run: Path) -> None:
     write_config(done_run, **{"aggregate.seed": 7})
-    assert planned_jobs(done_run) == Counter(aggregate=1, ledger=1)
+    assert planned_jobs(done_run) == Counter(aggregate=1, ledger=1, report_figures=1)
 
 
 def test_shard_count_of_one_run_reruns_only_its_sampling_with_same_bytes(done_run: Path):
