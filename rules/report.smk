@@ -21,6 +21,7 @@ rule report_figures:
         judgments=f"{RESULTS}/judgments.jsonl",
         preferences=f"{RESULTS}/preferences.json",
         stats=f"{RESULTS}/preferences.stats.json",
+        ledger=f"{RESULTS}/ledger.json",
     output:
         **{
             name: report(

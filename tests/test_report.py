@@ -57,6 +57,20 @@ def test_the_figures_numbers(tmp_path: Path) -> None:
         "pairs": {"kept": 2, "too_short": 1},
         "aggregation": {"kept": 2, "no_judgments": 0},  # the pair stage's drops not twice
     }
+    ledger = {
+        "messages": {"roots": 4, "dropped": {"orphan": 1}},
+        "roots": {"prompts": 3, "dropped": {"deleted": 1}},
+        "pairing": {"pairs": 2, "dropped": {"too_short": 1}},
+        "aggregation": {"pairs_kept": 2, "pairs_dropped": {"no_judgments": 0}},
+    }
+    (results / "ledger.json").write_text(json.dumps(ledger))  # the ledger, where it exists
+    assert figures.prompts_data(results) == {
+        "messages": {"roots": 4, "orphan": 1},
+        "prompts": {"kept": 3, "deleted": 1},
+        "pairs": {"kept": 2, "too_short": 1},
+        "aggregation": {"kept": 2, "no_judgments": 0},
+    }
+    (results / "ledger.json").unlink()
     assert figures.responses_data(results, ["r0", "r1"]) == {
         "r0": {"lengths": [0, 1, 2], "finish_reasons": {"length": 1, "stop": 2}},
         "r1": {"lengths": [0, 1, 2], "finish_reasons": {"length": 3}},

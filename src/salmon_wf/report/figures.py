@@ -24,7 +24,18 @@ def load(results: Path, name: str) -> Any:
 
 
 def prompts_data(results: Path) -> dict[str, dict[str, int]]:
-    """Kept and dropped (by reason) per stage: prompts, pairs, aggregation."""
+    """Kept and dropped (by reason) per stage: from ledger.json when it exists (messages too),
+    else from the summaries: prompts, pairs, aggregation."""
+    if (results / "ledger.json").exists():
+        ledger = load(results, "ledger.json")
+        stages = {
+            "messages": {"roots": ledger["messages"]["roots"], **ledger["messages"]["dropped"]},
+            "prompts": {"kept": ledger["roots"]["prompts"], **ledger["roots"]["dropped"]},
+            "pairs": {"kept": ledger["pairing"]["pairs"], **ledger["pairing"]["dropped"]},
+        }
+        aggregation = ledger["aggregation"]
+        stages["aggregation"] = {"kept": aggregation["pairs_kept"], **aggregation["pairs_dropped"]}
+        return stages
     prompts = load(results, "prompts.summary.json")
     pairs = load(results, "pairs.summary.json")
     stats = load(results, "preferences.stats.json")
