@@ -31,6 +31,7 @@ EVERYTHING_AFTER_THE_MODEL = Counter(
     judge_shard=2,
     gather_judgments=1,
     aggregate=1,
+    ledger=1,
     report_figures=1,
 )
 
