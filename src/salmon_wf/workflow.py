@@ -145,6 +145,12 @@ def model_source_stamps(model: dict[str, Any]) -> dict[str, Any]:
     return stamps
 
 
+def stored_dtype(compute: str) -> str:
+    """The dtype an HF import stores for compute dtype `compute`: auto picks per machine at load
+    time, so the store is fp32, which casts losslessly to whatever auto picks."""
+    return "fp32" if compute == "auto" else compute
+
+
 def conversion_command(model: dict[str, Any], out: str, salmon: str) -> str:
     """The shell command that writes the Meta-layout model `out` for sources other than dir.
 
@@ -158,7 +164,7 @@ def conversion_command(model: dict[str, Any], out: str, salmon: str) -> str:
         adapters = "".join(f" --adapter {q(a)}" for a in model.get("adapters") or [])
         return (
             f"{salmon} import-hf {q(model['path'])} {q(out)} --mp {mp} "
-            f"--dtype {q(model['dtype'])}{adapters}"
+            f"--dtype {q(stored_dtype(model['dtype']))}{adapters}"
         )
     gguf = "smollm2" if model["source"] == "smollm2" else model["path"]
     return f"{salmon} import-gguf {q(gguf)} {q(out)} --mp {mp}"

@@ -8,7 +8,7 @@ import sys
 from salmon_wf.config import add_list_option, command_defaults
 from salmon_wf.engine.chat import STYLES, encode_chat, format_prompt
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
-from salmon_wf.model.dtypes import DTYPES
+from salmon_wf.model.dtypes import COMPUTE_DTYPES
 from salmon_wf.model.loader import load_model
 from salmon_wf.model.parallel import setup_model_parallel
 
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=d["top_p"])
     parser.add_argument("--seed", type=int, default=42)
     add_list_option(parser, "stop", d["stop"], "stop string (repeatable)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=m["dtype"])
+    parser.add_argument("--dtype", choices=COMPUTE_DTYPES, default=m["dtype"])
     parser.add_argument("--device", default=m["device"], help="auto, cpu or cuda")
 
 

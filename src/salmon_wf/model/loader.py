@@ -10,7 +10,7 @@ import torch
 
 from salmon_wf.errors import CheckpointError, ConfigError
 from salmon_wf.model.checkpoint import load_rank_state
-from salmon_wf.model.dtypes import DTYPES
+from salmon_wf.model.dtypes import COMPUTE_DTYPES, DtypeChoice, resolve_dtype
 from salmon_wf.model.lora import load_adapters, merge_into_rank_state
 from salmon_wf.model.parallel import ParallelContext
 from salmon_wf.model.params import ModelArgs
@@ -24,6 +24,8 @@ class LoadedModel:
     tokenizer: Tokenizer
     args: ModelArgs
     model_dir: Path
+    # The compute dtype and why (auto's pick on this machine, or "set explicitly").
+    dtype: DtypeChoice | None = None
 
 
 def resolve_args(model_dir: Path, tokenizer: Tokenizer) -> ModelArgs:
@@ -66,13 +68,15 @@ def load_model(
     """Load this rank's shard of the model in `model_dir` (any checkpoint MP, any world size).
 
     adapters: PEFT LoRA/QLoRA adapter folders (HF module names) merged, in order, into this
-    rank's weights (lora.py); checked against the model before any weight is read.
+    rank's weights (lora.py); checked against the model before any weight is read. dtype: a
+    DTYPES name or auto (dtypes.resolve_dtype: bf16 where the hardware has bf16 matrix units).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: model directory not found")
-    if dtype not in DTYPES:
-        raise ConfigError(f"must be one of {sorted(DTYPES)}, got {dtype!r}", field="--dtype")
+    if dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"must be one of {COMPUTE_DTYPES}, got {dtype!r}", field="--dtype")
+    choice = resolve_dtype(dtype, ctx.device)
     tokenizer = load_tokenizer(model_dir, tokenizer_path)
     args = resolve_args(model_dir, tokenizer)
     if max_seq_len is not None:
@@ -81,13 +85,15 @@ def load_model(
     state = load_rank_state(model_dir, args, ctx.rank, ctx.world_size)
     merge_into_rank_state(state, args, merged, ctx.rank, ctx.world_size)
     try:
-        model = build_model(args, DTYPES[dtype], ctx.device)
+        model = build_model(args, choice.dtype, ctx.device)
     except CheckpointError as exc:  # the layers check the shape they are given: name its file
         if exc.file is not None:
             raise
         raise CheckpointError(exc.what, file=model_dir / "params.json") from exc
     with torch.no_grad():
         for name, param in model.state_dict().items():
-            param.copy_(state[name])
+            param.copy_(state[name])  # casts the stored dtype (fp32 for imports) to the compute one
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, args=args, model_dir=model_dir)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, args=args, model_dir=model_dir, dtype=choice
+    )

@@ -22,6 +22,7 @@ from fairscale.nn.model_parallel.layers import (
     RowParallelLinear,
     VocabParallelEmbedding,
 )
+from fairscale.nn.model_parallel.mappings import gather_from_model_parallel_region
 from torch import nn
 
 from salmon_wf.errors import CheckpointError
@@ -301,6 +302,8 @@ class Transformer(nn.Module):
         self.rotary = Rotary(
             args.head_dim, max(args.max_seq_len, 1) * 2, args.rope_theta, args.rope_scaling
         )
+        self._head_fp32: torch.Tensor | None = None  # see _head
+        self._head_key: tuple[Any, ...] | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -354,7 +357,25 @@ class Transformer(nn.Module):
             h = layer(h, step, layer_cache)
         if logits_at is not None:
             h = h[torch.arange(bsz, device=device), logits_at.to(device)]
-        return self.output(self.norm(h)).float()
+        return self._head(self.norm(h.float()))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 logits from the fp32 final norm, computed in fp32 whatever the model's dtype.
+
+        A bf16 product would round logits to 8 bits of mantissa (steps of 0.125 at 20), enough to
+        turn the judge's close scores and sampling's near ties; so a lower-precision model keeps
+        an fp32 copy of its (one rank's slice of the) LM head.
+        """
+        weight = self.output.weight
+        if weight.dtype == torch.float32:
+            return self.output(x)
+        key = (weight.device, weight.data_ptr(), weight._version)
+        if self._head_key != key:
+            self._head_fp32, self._head_key = weight.float(), key
+        local = F.linear(x, self._head_fp32)
+        if mp_init.get_model_parallel_world_size() > 1:
+            return gather_from_model_parallel_region(local)
+        return local
 
 
 def body_flops_per_token(args: ModelArgs, context: int) -> float:

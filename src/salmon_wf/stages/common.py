@@ -17,7 +17,7 @@ from salmon_wf.data.jsonl import ResumableOutput
 from salmon_wf.engine.context import POLICIES
 from salmon_wf.errors import ConfigError
 from salmon_wf.killpoint import kill_point
-from salmon_wf.model.dtypes import DTYPES
+from salmon_wf.model.dtypes import COMPUTE_DTYPES
 from salmon_wf.model.loader import LoadedModel, load_model
 from salmon_wf.model.parallel import ParallelContext, setup_model_parallel
 
@@ -30,7 +30,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     policy = command_defaults("sample")["long_prompt_policy"]
     parser.add_argument("--model", required=True, help="model directory (Meta layout)")
     parser.add_argument("--tokenizer", help="tokenizer file overriding the model directory's")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=m["dtype"])
+    parser.add_argument("--dtype", choices=COMPUTE_DTYPES, default=m["dtype"])
     parser.add_argument("--device", default=m["device"], help="auto, cpu or cuda")
     parser.add_argument(
         "--max-seq-len",
@@ -71,6 +71,8 @@ def start_rank(args: argparse.Namespace) -> tuple[ParallelContext, LoadedModel]:
         tokenizer_path=args.tokenizer,
         max_seq_len=args.max_seq_len,
     )
+    if ctx.rank == 0 and loaded.dtype is not None:
+        print(f"dtype {loaded.dtype.name} ({loaded.dtype.reason})", flush=True)
     return ctx, loaded
 
 
