@@ -213,15 +213,21 @@ def test_judge_bad_principles_and_bad_template(tiny_dir: Path, tmp_path: Path) -
     ]
 
 
-def test_aggregate_bad_pairs_line(tmp_path: Path) -> None:
-    pairs = write_lines(tmp_path / "pairs.jsonl", '{"id": "a", "instruction": "x"')
+def aggregate_command(tmp_path: Path, *pair_lines: str) -> list[str]:
+    """`salmon-wf aggregate` on a pairs file of `pair_lines` and no judgments."""
+    pairs = write_lines(tmp_path / "pairs.jsonl", *pair_lines)
     summary = tmp_path / "pairs.summary.json"
-    summary.write_text(json.dumps({"pairs": 1, "dropped": {}}))
+    summary.write_text(json.dumps({"pairs": len(pair_lines), "dropped": {}}))
     judgments = write_lines(tmp_path / "judgments.jsonl")
     principles = Path(__file__).parents[1] / "src/salmon_wf/resources/principles.json"
     command = ["aggregate", "--pairs", str(pairs), "--pairs-summary", str(summary)]
     command += ["--judgments", str(judgments), "--principles", str(principles)]
-    lines = failing([*command, "--output", str(tmp_path / "prefs.json")])
+    return [*command, "--output", str(tmp_path / "prefs.json")]
+
+
+def test_aggregate_bad_pairs_line(tmp_path: Path) -> None:
+    lines = failing(aggregate_command(tmp_path, '{"id": "a", "instruction": "x"'))
+    pairs = tmp_path / "pairs.jsonl"
     assert len(lines) == 1 and lines[0].startswith(f"salmon-wf aggregate: error: {pairs} line 1: ")
 
 
@@ -234,14 +240,7 @@ def test_aggregate_bad_pairs_line(tmp_path: Path) -> None:
     ],
 )
 def test_aggregate_bad_setting_is_one_line(tmp_path: Path, flags: list[str], line: str) -> None:
-    pairs = write_lines(tmp_path / "pairs.jsonl")
-    summary = tmp_path / "pairs.summary.json"
-    summary.write_text(json.dumps({"pairs": 0, "dropped": {}}))
-    judgments = write_lines(tmp_path / "judgments.jsonl")
-    principles = Path(__file__).parents[1] / "src/salmon_wf/resources/principles.json"
-    command = ["aggregate", "--pairs", str(pairs), "--pairs-summary", str(summary)]
-    command += ["--judgments", str(judgments), "--principles", str(principles)]
-    lines = failing([*command, "--output", str(tmp_path / "prefs.json"), *flags])
+    lines = failing([*aggregate_command(tmp_path), *flags])
     assert len(lines) == 1 and lines[0].startswith(f"salmon-wf aggregate: error: {line}")
     assert not (tmp_path / "prefs.json").exists()
 
