@@ -110,7 +110,8 @@ def labels_data(results: Path) -> dict[str, dict[str, int]]:
 
 
 def examples_html(results: Path, n: int = 5) -> str:
-    """The first `n` preference records as an HTML table."""
+    """The first `n` preference records as an HTML table (UTF-8 declared: opened from the report's
+    zip a browser would otherwise guess the encoding of the model's non-ASCII text)."""
     records = load(results, "preferences.json")[:n]
     keys = ["id", "instruction", "output_1", "output_2", "preference", "dimensions", "rule"]
     head = "".join(f"<th>{k}</th>" for k in keys)
@@ -118,7 +119,8 @@ def examples_html(results: Path, n: int = 5) -> str:
         "<tr>" + "".join(f"<td>{html.escape(str(r[k])[:300])}</td>" for k in keys) + "</tr>"
         for r in records
     )
-    return f"<html><body><table border='1'><tr>{head}</tr>{body}</table></body></html>\n"
+    page = f"<table border='1'><tr>{head}</tr>{body}</table>"
+    return f"<html><head><meta charset='utf-8'></head><body>{page}</body></html>\n"
 
 
 def bars(ax: Any, counts: dict[str, int | float], title: str) -> None:
@@ -173,6 +175,8 @@ def write_all(results: Path, runs: list[str], out: Path) -> list[Path]:
         ax.set_title(principle, fontsize=9)
         ax.set_xlabel("s12")
         ax.set_ylabel("s21")
+    for ax in list(axes.flat)[len(scores) :]:  # the last row's unused places
+        ax.set_visible(False)
     save(fig, "scores")
 
     names, matrix = correlation_data(results)
