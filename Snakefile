@@ -16,6 +16,7 @@ include: "rules/judge.smk"
 include: "rules/aggregate.smk"
 include: "rules/ledger.smk"
 include: "rules/report.smk"
+include: "rules/calibrate.smk"
 
 
 rule all:

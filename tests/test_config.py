@@ -150,7 +150,7 @@ def object_nodes(node: Any, where: str = "") -> list[tuple[str, dict]]:
 
 def test_every_section_of_the_schema_is_closed() -> None:
     nodes = object_nodes(C.schema())
-    assert len(nodes) == 10  # top, 6 sections, slurm_jobs, sampling_run, sampling_settings
+    assert len(nodes) == 11  # top, 7 sections, slurm_jobs, sampling_run, sampling_settings
     open_ = [where for where, node in nodes if node.get("additionalProperties") is not False]
     assert open_ == []
     runs = C.schema()["properties"]["sampling"]["properties"]["runs"]
@@ -230,12 +230,14 @@ def test_snakemake_stops_at_start_naming_a_typo_in_one_line(tmp_path: Path) -> N
 def test_every_key_is_a_flag_of_one_command_or_the_workflows() -> None:
     for command, (name, keys) in C.COMMANDS.items():
         assert set(keys) <= set(C.section(name)), command
-    sections = {"prompts", "judge", "aggregate", "model", "definitions.sampling_run"}
+    sections = {"prompts", "judge", "aggregate", "model", "definitions.sampling_run", "calibrate"}
     for name in sections:
         for key in C.section(name):
             dotted = f"{name}.{key}"
             takers = [c for c, (n, keys) in C.COMMANDS.items() if n == name and key in keys]
-            takers = [c for c in takers if c != "generate"]  # one prompt by hand, no rule
+            # generate: one prompt by hand, no rule; calibrate-summary reads the aggregation's
+            # settings for its aggregated decision, which aggregate owns.
+            takers = [c for c in takers if c not in ("generate", "calibrate-summary")]
             assert len(takers) + (dotted in C.WORKFLOW_KEYS) == 1, (dotted, takers)
             spec = C.section(name)[key]
             if takers and "null" in spec.get("type", []):  # None writes no flag: the default

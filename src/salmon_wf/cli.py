@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "judge": "salmon_wf.stages.judge",
     "aggregate": "salmon_wf.stages.aggregate.cli",
     "ledger": "salmon_wf.stages.ledger",
+    "calibrate": "salmon_wf.stages.calibrate.cli",
     "status": "salmon_wf.status",
 }
 

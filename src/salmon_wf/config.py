@@ -55,6 +55,13 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
             *("ai_rule_prob", "ai_phrase", "noise", "rule_noise", "language_rule", "langid_model"),
         ),
     ),
+    # The calibration's pair choice (salmon-wf calibrate pairs).
+    "calibrate-pairs": (
+        "calibrate",
+        ("seed", "first_turn_only", "pairs_per_prompt", "max_pairs"),
+    ),
+    # The calibration's aggregated decision reads the aggregation's own settings (it owns none).
+    "calibrate-summary": ("aggregate", ("seed", "dimensions", "geometric_p", "max_principles")),
     # Every model-running command (sample, judge; generate takes dtype and device).
     "model": ("model", ("dtype", "device", "max_seq_len", "threads")),
     # Not run by the workflow: one prompt by hand, with the sampling runs' defaults.
@@ -71,6 +78,8 @@ WORKFLOW_KEYS: dict[str, str] = {
     "judge.principles": "judge_shard's and aggregate's input file (--principles)",
     "judge.template": "judge_shard's input file (--template)",
     "judge.shards": "the judge's shard jobs (--shard/--num-shards, wildcards)",
+    "calibrate.input": "calibrate_pairs' input file (--input; null: prompts.input)",
+    "calibrate.shards": "the calibration judge's shard jobs (--shard/--num-shards, wildcards)",
     "model.name": "the converted model's folder under models_dir (--model)",
     "model.source": "prepare_model's conversion",
     "model.path": "prepare_model's source, or the model folder for source dir (--model)",
