@@ -247,6 +247,8 @@ def test_the_summary_counts_consistency_agreement_and_sign(tmp_path: Path) -> No
     result = summarise(pairs, judgments, principles, Settings(dimensions=("A", "B")))
     a, b = result["principles"]["A"], result["principles"]["B"]
     assert (a["pairs"], a["consistent"], a["consistent_share"]) == (4, 3, 0.75)
+    assert (a["position_a_both_orders"], a["position_b_both_orders"]) == (1, 0)  # p3
+    assert (b["position_a_both_orders"], b["position_b_both_orders"]) == (0, 1)  # p1
     assert a["agreement"] == {"n": 3, "agree": 3, "share": 1.0, "ci95": wilson(3, 3)}
     # score sign (s12 + s21 toward the better): p0 +3, p1 +4, p2 +1, p3 -1 (better is 2)
     assert a["score_sign"] == {"n": 4, "agree": 3, "share": 0.75, "ci95": wilson(3, 4)}

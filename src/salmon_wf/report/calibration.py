@@ -87,9 +87,14 @@ def write_figures(calibration: dict[str, Any], out: Path, source: Path | None = 
     written.append(out / "agreement.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    pairs_at: dict[int, int] = {}
     for name, points in rank_gap_data(calibration).items():
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        for gap, _, n in points:
+            pairs_at[gap] = max(n, pairs_at.get(gap, 0))
+    gaps = sorted(pairs_at)
+    ax.set_xticks(gaps, [f"{g}\n(n={pairs_at[g]})" for g in gaps])
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("human rank gap |rank_1 - rank_2|")
     ax.set_ylabel("mean (s12 + s21) / 2 toward the better reply")

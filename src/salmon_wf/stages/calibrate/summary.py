@@ -1,6 +1,7 @@
 """The calibration summary: the judge scored against OASST1's human rankings.
 
-Per principle (over the pairs judged): position consistency (s12 and s21 of one sign), agreement
+Per principle (over the pairs judged): position consistency (s12 and s21 of one sign; the
+inconsistent ones counted by the position, (a) or (b), they picked in both orders), agreement
 with the human-better reply among the consistent judgments, and agreement of the sign of the
 pair score (s12 + s21) / 2 with the rank, each with a 95% Wilson score interval, overall, per
 language (the prompt's OASST1 `lang`) and per rank gap. The aggregated decision is SALMON's:
@@ -183,6 +184,9 @@ def judged_stats(judged: list[Judged]) -> dict[str, Any]:
         "consistent": len(consistent),
         "consistent_share": len(consistent) / len(judged) if judged else None,
         "consistent_ci95": wilson(len(consistent), len(judged)),
+        # the inconsistent ones by the position they picked in both orders (output (a) or (b))
+        "position_a_both_orders": sum(j.s12 > 0 and j.s21 < 0 for j in judged),
+        "position_b_both_orders": sum(j.s12 < 0 and j.s21 > 0 for j in judged),
         "agreement": proportion(sum(j.agrees for j in consistent), len(consistent)),
         "score_sign": proportion(sum(j.toward_better > 0 for j in signed), len(signed)),
         "mean_score_toward_better": float(np.mean(toward)) if toward else None,
