@@ -491,3 +491,18 @@ def test_the_real_oasst1_sample_gives_every_principle(tmp_path: Path) -> None:
         assert stats["pairs"] == result["pairs_judged"]
         assert 0 <= stats["consistent"] <= stats["pairs"]
     assert set(result["languages"]) == {"en"}
+
+
+@pytest.mark.slow
+def test_the_whole_report_with_the_calibrate_target_has_both(tmp_path: Path) -> None:
+    """The default target's report stays as it was; naming calibrate too adds its section."""
+    write_config(tmp_path)
+    snakemake(tmp_path, "--cores", "2")
+    snakemake(tmp_path, "--report", str(tmp_path / "plain.zip"))
+    snakemake(tmp_path, "--cores", "2", "calibrate")
+    snakemake(tmp_path, "--report", str(tmp_path / "both.zip"), "all", "calibrate")
+    for report, calibration in (("plain.zip", False), ("both.zip", True)):
+        with zipfile.ZipFile(tmp_path / report) as archive:
+            names = {Path(n).name for n in archive.namelist()}
+        assert {"labels.png", "consistency.png", "examples.html"} <= names, report
+        assert ({f"{n}.png" for n in figures.FIGURES} <= names) is calibration, report

@@ -159,8 +159,6 @@ def run(args: argparse.Namespace) -> int:
         return run_summary(args)
     from salmon_wf.report.calibration import write_figures
 
-    calibration = read_object(args.calibration)
-    assert calibration is not None
-    for path in write_figures(calibration, args.output, args.calibration):
+    for path in write_figures(read_summary(args.calibration), args.output, args.calibration):
         print(path)
     return 0
