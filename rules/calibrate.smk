@@ -120,6 +120,7 @@ rule calibrate_summary:
         judgments=f"{CALIBRATION}/judgments.jsonl",
         judgments_summary=f"{CALIBRATION}/judgments.summary.json",
         principles=config["judge"]["principles"],
+        template=config["judge"]["template"],
     output:
         f"{RESULTS}/calibration.json",
     log:
@@ -134,10 +135,12 @@ rule calibrate_summary:
     params:
         salmon=SALMON,
         options=command_flags("calibrate-summary", config["aggregate"]),
+        model=model_dir(),
     shell:
         "{params.salmon} calibrate summary --pairs {input.pairs:q}"
         " --pairs-summary {input.pairs_summary:q} --judgments {input.judgments:q}"
         " --judgments-summary {input.judgments_summary:q} --principles {input.principles:q}"
+        " --template {input.template:q} --model {params.model:q}"
         " {params.options} --output {output:q} > {log:q} 2>&1"
 
 

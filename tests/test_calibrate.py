@@ -3,6 +3,7 @@ the figures, and `snakemake calibrate` on the tiny model (reruns, a kill, the re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -382,6 +383,9 @@ def test_snakemake_calibrate_judges_every_pair_in_both_orders(calibrated: Path) 
     assert result["principles"][DIMENSIONS[0]]["consistent"] == consistent
     assert result["selection"]["pairs"] == len(pairs) and result["judge"]["judged_pairs"] == 12
     assert result["aggregate"]["all_principles"]["pairs"] == len(pairs)
+    template = REPO / "src/salmon_wf/resources/judge_template.txt"
+    assert result["setup"]["model"] == "models/tiny"
+    assert result["setup"]["template_sha256"] == hashlib.sha256(template.read_bytes()).hexdigest()
     for name in figures.FIGURES:
         assert (folder / f"{name}.png").stat().st_size > 5000
     assert not (calibrated / "results" / "prompts.jsonl").exists()  # no main-workflow job ran

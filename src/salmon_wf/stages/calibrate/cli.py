@@ -10,6 +10,7 @@ tells how to read the result.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -67,6 +68,8 @@ def add_summary_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judgments-summary", type=Path, help="their summary (copied in)")
     parser.add_argument("--principles", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path, help="calibration.json")
+    parser.add_argument("--template", type=Path, help="the judging template (recorded, hashed)")
+    parser.add_argument("--model", help="the judge's model directory (recorded)")
     d = Settings()  # the aggregation's settings (the schema's aggregate section)
     parser.add_argument("--seed", type=int, default=d.seed, help="the aggregation's seed")
     add_list_option(
@@ -120,6 +123,18 @@ def read_object(path: Path | None) -> dict | None:
     return None if path is None else read_summary(path)
 
 
+def setup(args: argparse.Namespace) -> dict[str, str]:
+    """What judged: the model, and the template and principle files with their content hashes,
+    so calibration files of two templates (or models) can be told apart and compared."""
+    out = {"model": args.model or ""}
+    for key in ("template", "principles"):
+        path = getattr(args, key)
+        if path is not None:
+            out[key] = str(path)
+            out[f"{key}_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
 def run_summary(args: argparse.Namespace) -> int:
     from salmon_wf.stages.calibrate.summary import summarise
 
@@ -138,6 +153,7 @@ def run_summary(args: argparse.Namespace) -> int:
         read_object(args.pairs_summary),
         read_object(args.judgments_summary),
     )
+    result["setup"] = setup(args)
     write_json(args.output, result)
     for name, stats in result["principles"].items():
         agreement = stats["agreement"]
