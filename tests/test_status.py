@@ -65,6 +65,24 @@ def test_judge_counts_pairs_not_lines_and_no_folder(tmp_path: Path) -> None:
     ]
 
 
+def test_calibration_shards_are_listed_once_the_calibration_has_started(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    assert not any(x.startswith("calibrate") for x in status_lines(results))
+    judgments = results / "calibration" / "judgments"
+    judgments.mkdir(parents=True)
+    lines_of(results / "calibration" / "pairs.jsonl", 3)
+    records = [{"id": "p1", "dimension": d} for d in ("a", "b")]
+    (judgments / "shard-1-of-2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = status_lines(results, now=time.time())
+    assert lines[-4:] == [
+        "calibrate judge: 2 shards: 1 done, 0 partial, 1 not started; 1/3 pairs",
+        "  shard-0-of-2  not started  0/2 pairs",
+        "  shard-1-of-2  done         1/1 pairs",
+        "calibrate: not finished",
+    ]
+
+
 @pytest.mark.slow
 def test_status_of_a_killed_smoke_run_matches_its_files(tmp_path: Path) -> None:
     # one prompt per batch and longer answers: the shard job runs long enough to be caught

@@ -3,7 +3,8 @@
 Per sampling run and for the judge: each shard `shard-<i>-of-<n>` is done (its output exists),
 partial (`<output>.partial` holds complete records of a running or killed job) or not started.
 A shard's total is its slice of prompts.jsonl (sampling) or pairs.jsonl (judging: pairs, the
-partial file's distinct ids). The rate of a partial shard is its records over the time between
+partial file's distinct ids); the calibration's judge shards likewise, once results/calibration
+exists. The rate of a partial shard is its records over the time between
 its stamp (`.partial.json`, written when the job started) and its last write, so the ETA is the
 remaining records at that rate (records a resumed job kept count as written then: an upper
 bound on the rate). No job, scheduler or config is needed.
@@ -166,7 +167,21 @@ def status_lines(results: Path, now: float | None = None) -> list[str]:
     lines += stage_lines("judge", shards, "pairs", (results / "judgments.jsonl").exists())
     done = (results / "preferences.json").exists()
     lines.append(f"aggregate: {'done' if done else 'not started'}")
+    calibration = results / "calibration"
+    if calibration.is_dir():  # only once asked for: `snakemake calibrate` is not in rule all
+        lines += calibration_lines(results, calibration, now)
     return lines
+
+
+def calibration_lines(results: Path, calibration: Path, now: float) -> list[str]:
+    """The calibration's judge shards (over calibration/pairs.jsonl) and whether it is done."""
+    pairs = calibration / "pairs.jsonl"
+    n_pairs = count_lines(pairs) if pairs.exists() else None
+    shards = shard_states(calibration / "judgments", n_pairs, distinct_ids, now)
+    gathered = (calibration / "judgments.jsonl").exists()
+    lines = stage_lines("calibrate judge", shards, "pairs", gathered)
+    done = (results / "calibration.json").exists()
+    return [*lines, f"calibrate: {'done' if done else 'not finished'}"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
