@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# A throw-away one-node SLURM cluster on this machine (loopback only, fake GPUs), for trying the
-# SLURM profile and for tests. Needs root on Debian/Ubuntu (installs slurmctld slurmd slurm-client
-# munge with apt-get when they are missing).
+# A throw-away SLURM cluster on this machine (loopback only, fake GPUs), for trying the SLURM
+# profile and for tests: one slurmctld and one slurmd per node, all on this host (each slurmd
+# with its own node name and port), so that a job can span several nodes. Needs root on
+# Debian/Ubuntu (installs slurmctld slurmd slurm-client munge with apt-get when missing).
 #
-#   scripts/local-slurm.sh start    install (if missing), configure, start munged/slurmctld/slurmd,
-#                                   wait until the node is idle (idempotent)
-#   scripts/local-slurm.sh stop     cancel this cluster's jobs, stop the three daemons (idempotent)
-#   scripts/local-slurm.sh status   exit 0 when the controller answers; print partitions and node
+#   scripts/local-slurm.sh start [--nodes N]
+#                                   install (if missing), configure, start munged, slurmctld and
+#                                   one slurmd per node (n1..nN, default 2), wait until every
+#                                   node is idle (idempotent; another N restarts the daemons)
+#   scripts/local-slurm.sh stop     cancel this cluster's jobs, stop every daemon, remove the
+#                                   config, controller state, spool dirs, pid files and fake
+#                                   GPUs (idempotent; the logs stay)
+#   scripts/local-slurm.sh status   exit 0 when the controller answers; print daemons and nodes
 #   scripts/local-slurm.sh env      print the exports a caller may want (SLURM_CONF)
 #
 # Everything (config, state, spool, logs, pid files, the private munge socket, fake GPU files)
@@ -15,13 +20,17 @@
 # (so sinfo/sbatch/snakemake need no environment); `stop` removes those links again, because
 # with a slurm.conf present and no controller answering, every snakemake call waits ~10 s for
 # `scontrol show config` (the SLURM executor plugin runs it when snakemake starts).
-# Settings: SALMON_WF_SLURM_GPUS (fake GPUs, default 2), SALMON_WF_SLURM_WAIT (seconds to wait
-# for the node, default 60), SALMON_WF_SLURM_MEM_HEADROOM_MB (memory kept from slurm, default:
-# the larger of 512 MiB and 10% of RAM).
+# Settings: SALMON_WF_SLURM_NODES (nodes, default 2; --nodes wins), SALMON_WF_SLURM_GPUS (fake
+# GPUs per node, default 2), SALMON_WF_SLURM_WAIT (seconds to wait for each node, default 60),
+# SALMON_WF_SLURMD_PORT_BASE (node ni's slurmd listens on BASE+i, default 17100),
+# SALMON_WF_SLURM_MEM_HEADROOM_MB (memory kept from slurm, default: the larger of 512 MiB and
+# 10% of RAM; the rest is split evenly over the nodes).
 set -euo pipefail
 
 DIR=${SALMON_WF_SLURM_DIR:-/var/tmp/salmon-wf-slurm}
 NGPUS=${SALMON_WF_SLURM_GPUS:-2}
+NNODES=${SALMON_WF_SLURM_NODES:-2}
+PORT_BASE=${SALMON_WF_SLURMD_PORT_BASE:-17100}
 WAIT_S=${SALMON_WF_SLURM_WAIT:-60}
 PACKAGES=(slurmctld slurmd slurm-client munge)
 ETC=$DIR/etc
@@ -35,13 +44,16 @@ MUNGE_PID=$MUNGE_DIR/munged.pid
 MUNGE_LOG=$MUNGE_DIR/munged.log
 MUNGE_KEY=${SALMON_WF_MUNGE_KEY:-/etc/munge/munge.key}
 CTLD_PID=$RUN/slurmctld.pid
-SLURMD_PID=$RUN/slurmd.pid
 CTLD_LOG=$LOG/slurmctld.log
-SLURMD_LOG=$LOG/slurmd.log
 SYS_CONF=/etc/slurm/slurm.conf
 SYS_GRES=/etc/slurm/gres.conf
-NODE=$(hostname -s)
+HOST=$(hostname -s)
 export SLURM_CONF=$CONF
+
+# Per node (n1..nN): slurmd's pid file and log (slurm.conf names them with %n, the node name).
+slurmd_pid() { echo "$RUN/slurmd-$1.pid"; }
+slurmd_log() { echo "$LOG/slurmd-$1.log"; }
+node_names() { seq -f 'n%g' 1 "$NNODES"; }
 
 say() { echo "local-slurm: $*" >&2; }
 die() {
@@ -95,21 +107,25 @@ stop_pid() {
 # port_busy PORT: something accepts TCP connections on 127.0.0.1:PORT
 port_busy() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
-# Before starting anything: slurmctld/slurmd ports taken while our daemons are not running
-# means another SLURM (another SALMON_WF_SLURM_DIR, a system one) runs on this machine.
+# Before starting anything: the slurmctld or a node's slurmd port taken while that daemon of
+# ours is not running means another SLURM (another SALMON_WF_SLURM_DIR, a system one) runs here.
 check_ports() {
-  local d name port pidfile
-  for d in slurmctld:6817:"$CTLD_PID" slurmd:6818:"$SLURMD_PID"; do
-    IFS=: read -r name port pidfile <<<"$d"
-    if ! pid_alive "$pidfile" "$name" && port_busy "$port"; then
-      die "port $port is in use but $name of $DIR is not running: another SLURM runs here; stop it first"
+  local node port i=0
+  if ! pid_alive "$CTLD_PID" slurmctld && port_busy 6817; then
+    die "port 6817 is in use but slurmctld of $DIR is not running: another SLURM runs here; stop it first"
+  fi
+  for node in $(node_names); do
+    i=$((i + 1))
+    port=$((PORT_BASE + i))
+    if ! pid_alive "$(slurmd_pid "$node")" slurmd && port_busy "$port"; then
+      die "port $port (slurmd of node $node) is in use but that slurmd is not running: another SLURM runs here; stop it first"
     fi
   done
 }
 
 controller_answers() { timeout 15 sinfo -h -o %P >/dev/null 2>&1; }
 
-node_state() { timeout 15 sinfo -h -N -n "$NODE" -o %T 2>/dev/null | head -n 1; }
+node_state() { timeout 15 sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n 1; }
 
 install_packages() {
   local missing=() p
@@ -126,35 +142,40 @@ install_packages() {
     || die "apt-get install ${PACKAGES[*]} failed" "$LOG/apt.log"
 }
 
+
 write_config() {
-  local cpus mem_total headroom mem defmem gpu_last tmp_conf tmp_gres changed=1
+  local cpus mem_total headroom mem defmem gpu_last tmp_conf tmp_gres changed=1 node g i=0 nodes
+  # Every slurmd sees all of the machine's cores, so every node has them all (the nodes share
+  # them); the memory is split, so the nodes together do not promise more than there is.
   cpus=$(nproc)
   mem_total=$(free -m | awk '/^Mem:/ {print $2}')
-  headroom=${SALMON_WF_SLURM_MEM_HEADROOM_MB:-$(( mem_total / 10 > 512 ? mem_total / 10 : 512 ))}
-  mem=$(( mem_total - headroom ))
-  [ "$mem" -ge 256 ] || mem=$(( mem_total / 2 ))
+  headroom=${SALMON_WF_SLURM_MEM_HEADROOM_MB:-$((mem_total / 10 > 512 ? mem_total / 10 : 512))}
+  mem=$((mem_total - headroom))
+  [ "$mem" -ge 256 ] || mem=$((mem_total / 2))
+  mem=$((mem / NNODES))
   # jobs without --mem get DefMemPerCPU (at most 1 GiB per CPU), not the whole node
-  defmem=$(( mem / cpus < 1024 ? mem / cpus : 1024 ))
-  gpu_last=$(( NGPUS - 1 ))
-  mkdir -p "$DIR/gpu"
-  for i in $(seq 0 "$gpu_last"); do : >>"$DIR/gpu/fakegpu$i"; done
+  defmem=$((mem / cpus < 1024 ? mem / cpus : 1024))
+  gpu_last=$((NGPUS - 1))
+  nodes=n1
+  [ "$NNODES" -eq 1 ] || nodes="n[1-$NNODES]"
   tmp_conf=$(mktemp "$ETC/.slurm.conf.XXXXXX")
   tmp_gres=$(mktemp "$ETC/.gres.conf.XXXXXX")
   cat >"$tmp_conf" <<EOF
 # Written by salmon-wf scripts/local-slurm.sh; rewritten on every start.
 ClusterName=salmonwf
-SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldHost=$HOST(127.0.0.1)
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$MUNGE_SOCKET
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+# several slurmd on one host: %n is the node name each one was started with (slurmd -N)
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$CTLD_PID
-SlurmdPidFile=$SLURMD_PID
+SlurmdPidFile=$RUN/slurmd-%n.pid
 SlurmctldLogFile=$CTLD_LOG
-SlurmdLogFile=$SLURMD_LOG
+SlurmdLogFile=$LOG/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # no cgroups, no accounting database
@@ -174,14 +195,21 @@ KillWait=5
 InactiveLimit=0
 GresTypes=gpu
 DefMemPerCPU=$defmem
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$NGPUS State=UNKNOWN
-PartitionName=gpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
-PartitionName=cpu Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
 EOF
-  cat >"$tmp_gres" <<EOF
-# Written by salmon-wf scripts/local-slurm.sh: empty files stand in for GPU devices.
-AutoDetect=off
-NodeName=$NODE Name=gpu File=$DIR/gpu/fakegpu[0-$gpu_last]
+  printf '%s\n' "# Written by salmon-wf scripts/local-slurm.sh: empty files stand in for GPU devices." \
+    "AutoDetect=off" >"$tmp_gres"
+  for node in $(node_names); do
+    i=$((i + 1))
+    mkdir -p "$DIR/gpu/$node"
+    for g in $(seq 0 "$gpu_last"); do : >>"$DIR/gpu/$node/fakegpu$g"; done
+    # The names n1..nN do not resolve as host names: SLURM (and our launcher's rendezvous)
+    # reaches a node at its NodeAddr.
+    echo "NodeName=$node NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((PORT_BASE + i)) CPUs=$cpus RealMemory=$mem Gres=gpu:$NGPUS State=UNKNOWN" >>"$tmp_conf"
+    echo "NodeName=$node Name=gpu File=$DIR/gpu/$node/fakegpu[0-$gpu_last]" >>"$tmp_gres"
+  done
+  cat >>"$tmp_conf" <<EOF
+PartitionName=gpu Nodes=$nodes Default=YES MaxTime=INFINITE State=UP
+PartitionName=cpu Nodes=$nodes Default=NO MaxTime=INFINITE State=UP
 EOF
   if cmp -s "$tmp_conf" "$CONF" && cmp -s "$tmp_gres" "$GRES"; then changed=0; fi
   chmod 644 "$tmp_conf" "$tmp_gres"
@@ -253,39 +281,65 @@ wait_for_pid() {
   return 1
 }
 
+
+# start_slurm_daemon NAME PIDFILE LOGFILE [ARGS...]: start /usr/sbin/NAME -f CONF ARGS unless
+# the pid file names a running NAME.
 start_slurm_daemon() {
-  local name=$1 pidfile=$2 logfile=$3
+  local name=$1 pidfile=$2 logfile=$3 out
+  shift 3
   pid_alive "$pidfile" "$name" && return 0
   rm -f "$pidfile"
+  out=$LOG/$(basename "$pidfile" .pid).out
   # 9>&-: the daemon must not inherit (and so keep holding) the lock
-  "/usr/sbin/$name" -f "$CONF" >>"$LOG/$name.out" 2>&1 9>&- || die "$name did not start" "$logfile" "$LOG/$name.out"
-  wait_for_pid "$pidfile" "$name" 15 || die "$name did not start" "$logfile" "$LOG/$name.out"
-  say "started $name (pid $(cat "$pidfile"))"
+  "/usr/sbin/$name" -f "$CONF" "$@" >>"$out" 2>&1 9>&- || die "$name $* did not start" "$logfile" "$out"
+  wait_for_pid "$pidfile" "$name" 15 || die "$name $* did not start" "$logfile" "$out"
+  say "started $name${*:+ $*} (pid $(cat "$pidfile"))"
+}
+
+# slurmd_pidfiles: the pid files of every slurmd this folder has started, nodes no longer
+# configured included (and run/slurmd.pid of the one-node layout of earlier versions).
+slurmd_pidfiles() {
+  local f
+  for f in "$RUN"/slurmd-*.pid "$RUN"/slurmd.pid; do
+    if [ -e "$f" ]; then echo "$f"; fi
+  done
+}
+
+stop_slurmds() {
+  local f
+  for f in $(slurmd_pidfiles); do stop_pid "$f" slurmd; done
+}
+
+any_slurmd_alive() {
+  local f
+  for f in $(slurmd_pidfiles); do pid_alive "$f" slurmd && return 0; done
+  return 1
 }
 
 wait_for_node() {
-  local deadline=$(( SECONDS + WAIT_S )) state="" last_resume=-100
+  local node=$1 deadline=$((SECONDS + WAIT_S)) state="" last_resume=-100
   while [ $SECONDS -lt $deadline ]; do
-    state=$(node_state || true)
+    state=$(node_state "$node" || true)
     case "$state" in
       idle | mixed | allocated | completing)
-        say "node $NODE is $state"
+        say "node $node is $state"
         return 0 ;;
       *drain* | *down* | *fail*)
         # slurmd must have registered for resume to stick; retry every 5 s
-        if [ $(( SECONDS - last_resume )) -ge 5 ]; then
-          timeout 15 scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
+        if [ $((SECONDS - last_resume)) -ge 5 ]; then
+          timeout 15 scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
           last_resume=$SECONDS
         fi ;;
     esac
     sleep 0.5
   done
-  die "node $NODE not idle after ${WAIT_S} s (state: '${state:-no answer}')" "$CTLD_LOG" "$SLURMD_LOG"
+  die "node $node not idle after ${WAIT_S} s (state: '${state:-no answer}')" "$CTLD_LOG" "$(slurmd_log "$node")"
 }
 
 print_env() { echo "export SLURM_CONF=$CONF"; }
 
 cmd_start() {
+  local node
   mkdir -p "$DIR" "$ETC" "$RUN" "$LOG" "$DIR/state" "$DIR/spool"
   exec 9>"$DIR/.lock"
   flock -w 180 9 || die "another local-slurm.sh holds $DIR/.lock"
@@ -293,18 +347,21 @@ cmd_start() {
   write_config
   link_system_config
   ensure_munge_key
-  if [ "$CONFIG_CHANGED" = 1 ] && { pid_alive "$CTLD_PID" slurmctld || pid_alive "$SLURMD_PID" slurmd; }; then
-    say "configuration changed: restarting slurmd and slurmctld"
-    stop_pid "$SLURMD_PID" slurmd
+  if [ "$CONFIG_CHANGED" = 1 ] && { pid_alive "$CTLD_PID" slurmctld || any_slurmd_alive; }; then
+    say "configuration changed: restarting slurmctld and the slurmd"
+    stop_slurmds
     stop_pid "$CTLD_PID" slurmctld
   fi
   check_ports
   start_munged
   start_slurm_daemon slurmctld "$CTLD_PID" "$CTLD_LOG"
-  start_slurm_daemon slurmd "$SLURMD_PID" "$SLURMD_LOG"
-  wait_for_node
+  for node in $(node_names); do
+    mkdir -p "$DIR/spool/$node"
+    start_slurm_daemon slurmd "$(slurmd_pid "$node")" "$(slurmd_log "$node")" -N "$node"
+  done
+  for node in $(node_names); do wait_for_node "$node"; done
   if [ "$LINKED" = 1 ]; then
-    say "ready: partitions gpu (default) and cpu on node $NODE"
+    say "ready: partitions gpu (default) and cpu on nodes $(node_names | paste -sd ' ')"
   else
     say "ready; callers must: $(print_env)"
   fi
@@ -328,11 +385,14 @@ cmd_stop() {
       done
     fi
   fi
-  stop_pid "$SLURMD_PID" slurmd
+  stop_slurmds
   stop_pid "$CTLD_PID" slurmctld
   stop_pid "$MUNGE_PID" munged
   unlink_system_config
-  say "stopped"
+  # everything a start writes again: config, controller state, node spool dirs, fake GPUs
+  rm -rf "$ETC" "$DIR/state" "$DIR/spool" "$DIR/gpu" "$RUN"
+  rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
+  say "stopped (logs kept in $LOG)"
 }
 
 cmd_status() {
@@ -340,12 +400,18 @@ cmd_status() {
     say "slurm client tools not installed"
     return 1
   fi
-  local d
-  for d in "munged:$MUNGE_PID" "slurmctld:$CTLD_PID" "slurmd:$SLURMD_PID"; do
+  local d f
+  for d in "munged:$MUNGE_PID" "slurmctld:$CTLD_PID"; do
     if pid_alive "${d#*:}" "${d%%:*}"; then
       echo "${d%%:*}: running (pid $(tr -dc '0-9' <"${d#*:}"))"
     else
       echo "${d%%:*}: not running"
+    fi
+  done
+  for f in $(slurmd_pidfiles); do
+    if pid_alive "$f" slurmd; then
+      d=$(basename "$f" .pid)
+      echo "slurmd ${d#slurmd-}: running (pid $(tr -dc '0-9' <"$f"))"
     fi
   done
   # without our slurmctld, sinfo would only wait ~10 s to fail
@@ -353,17 +419,29 @@ cmd_status() {
     say "the local cluster does not answer"
     return 1
   fi
-  sinfo -o '%P %a %D %T %N %G %c %m'
+  sinfo -N -o '%N %P %a %T %G %c %m'
 }
 
 LINKED=1
 CMD=${1:-}
+[ $# -eq 0 ] || shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) NNODES=${2:-}; shift $(($# > 1 ? 2 : 1)) ;;
+    --nodes=*) NNODES=${1#--nodes=}; shift ;;
+    *) echo "local-slurm: unknown option '$1'" >&2; exit 2 ;;
+  esac
+done
+if ! [[ $NNODES =~ ^[1-9][0-9]?$ ]]; then
+  echo "local-slurm: the number of nodes must be 1..99, not '$NNODES'" >&2
+  exit 2
+fi
 case "$CMD" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
   env) print_env ;;
   *)
-    echo "usage: $0 start|stop|status|env" >&2
+    echo "usage: $0 start [--nodes N] | stop | status | env" >&2
     exit 2 ;;
 esac

@@ -5,9 +5,17 @@
 Outside SLURM: one rank runs in this process; several ranks run under `torchrun --standalone`
 (one node only). Inside a SLURM allocation (SLURM_JOB_ID set): `srun` starts one task per node
 and each task runs `torchrun` with the rendezvous taken from SLURM's environment (first node of
-the step's node list as master, SLURM_NODEID as node rank, a port derived from the job id), so a
-group can span nodes as in SALMON (e.g. MP=12 over 2 nodes of 6 GPUs). The CPU/gloo path uses
-the same launcher, which is how the local test cluster exercises it.
+the step's node list as master, reached at that node's NodeAddr; SLURM_NODEID as node rank; a
+port derived from the job id), so a group can span nodes as in SALMON (e.g. MP=12 over 2 nodes
+of 6 GPUs). The CPU/gloo path uses the same launcher, which is how the local test cluster
+exercises it (scripts/local-slurm.sh: two nodes on one machine).
+
+How long a rank waits for a peer that has died or hangs: SALMON_WF_DIST_TIMEOUT seconds
+(default 600, NCCL's own default). It bounds the node agents' rendezvous (torchrun's static
+rendezvous `timeout`) and, in every rank, the process group's store and each collective
+(`init_process_group(timeout=...)`, see salmon_wf.model.parallel). A peer that exits closes its
+sockets and the others fail at once; the timeout is for a peer that is gone without a word (a
+hung process, a node off the network). srun's --kill-on-bad-exit then ends the other nodes' tasks.
 """
 
 from __future__ import annotations
@@ -20,6 +28,17 @@ from collections.abc import Mapping, Sequence
 
 PORT_BASE, PORT_SPAN = 20000, 20000
 TORCHRUN = "salmon_wf.torchrun"  # torch.distributed.run, ending a failed group in one line
+TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "SALMON_WF_DIST_TIMEOUT", 600
+
+
+def peer_timeout(env: Mapping[str, str]) -> int:
+    """Seconds a rank or node agent waits for a silent peer (SALMON_WF_DIST_TIMEOUT)."""
+    value = env.get(TIMEOUT_ENV, "").strip()
+    if not value:
+        return DEFAULT_TIMEOUT_S
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"launch: {TIMEOUT_ENV} must be a whole number of seconds >= 1: {value!r}")
+    return int(value)
 
 
 def master_port(job_id: str) -> int:
@@ -27,10 +46,14 @@ def master_port(job_id: str) -> int:
     return PORT_BASE + int(job_id) % PORT_SPAN if job_id.isdigit() else 29500
 
 
-def torchrun(nodes: int, per_node: int, node_rank: int, master: str, port: int) -> list[str]:
+def torchrun(
+    nodes: int, per_node: int, node_rank: int, master: str, port: int, timeout: int
+) -> list[str]:
+    """torchrun for one node of the group; `timeout` bounds the wait for the other nodes."""
     command = [sys.executable, "-m", TORCHRUN, f"--nnodes={nodes}"]
     command += [f"--nproc-per-node={per_node}", f"--node-rank={node_rank}"]
-    return [*command, f"--master-addr={master}", f"--master-port={port}"]
+    command += [f"--master-addr={master}", f"--master-port={port}"]
+    return [*command, f"--rdzv-conf=timeout={timeout}"]
 
 
 def plan(
@@ -40,9 +63,10 @@ def plan(
     cli = ["-m", "salmon_wf.cli", *stage]
     job_id = env.get("SLURM_JOB_ID", "")
     if node_agent:  # one srun task per node
-        first = first_host(env["SLURM_JOB_NODELIST"])
+        first = node_address(first_host(env["SLURM_JOB_NODELIST"]))
         node_rank = int(env.get("SLURM_NODEID", "0"))
-        return torchrun(nodes, per_node, node_rank, first, master_port(job_id)) + cli
+        port, timeout = master_port(job_id), peer_timeout(env)
+        return torchrun(nodes, per_node, node_rank, first, port, timeout) + cli
     if job_id and env.get("SALMON_WF_LAUNCHER", "srun") == "srun":
         agent = [sys.executable, "-m", "salmon_wf.launch", "--node-agent"]
         agent += ["--nodes", str(nodes), "--ranks-per-node", str(per_node), "--", *stage]
@@ -71,6 +95,26 @@ def first_host(nodelist: str) -> str:
     return done.stdout.split()[0]
 
 
+def node_address(node: str) -> str:
+    """The address SLURM reaches `node` at (its NodeAddr), else the name itself.
+
+    On most clusters NodeAddr is the host name, but node names need not resolve (several slurmd
+    on one host, nodes named apart from their hosts): the rendezvous must use the address."""
+    done = subprocess.run(
+        ["scontrol", "show", "node", "-o", node], capture_output=True, text=True, check=False
+    )
+    for field in done.stdout.split():
+        if field.startswith("NodeAddr=") and field != "NodeAddr=":
+            return field.removeprefix("NodeAddr=")
+    return node
+
+
+def describe(env: Mapping[str, str]) -> str:
+    """Where this node agent runs, for the job's log (which nodes joined which group)."""
+    keys = ["SLURM_JOB_ID", "SLURMD_NODENAME", "SLURM_NODEID", "SLURM_NNODES", "SLURM_JOB_NODELIST"]
+    return " ".join(f"{key}={env.get(key, '')}" for key in keys)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m salmon_wf.launch", description=__doc__)
     parser.add_argument("--nodes", type=int, default=1)
@@ -84,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         from salmon_wf.cli import run_and_leave
 
         return run_and_leave(stage)
+    if args.node_agent:
+        print("launch: node agent", describe(os.environ), file=sys.stderr, flush=True)
     print("launch:", " ".join(command), file=sys.stderr, flush=True)
     os.execvp(command[0], command)
     return 0  # not reached
