@@ -39,6 +39,7 @@ def test_inside_slurm_srun_starts_one_agent_per_node() -> None:
 
 def test_node_agent_takes_the_rendezvous_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("salmon_wf.launch.first_host", lambda nodes: "gpu07")
+    monkeypatch.setattr("salmon_wf.launch.node_address", lambda node: node)  # no controller
     env = {"SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NODEID": "1"}
     command = plan(2, 6, STAGE, env, node_agent=True)
     assert "--nnodes=2" in command and "--node-rank=1" in command

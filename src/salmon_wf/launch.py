@@ -100,9 +100,16 @@ def node_address(node: str) -> str:
 
     On most clusters NodeAddr is the host name, but node names need not resolve (several slurmd
     on one host, nodes named apart from their hosts): the rendezvous must use the address."""
-    done = subprocess.run(
-        ["scontrol", "show", "node", "-o", node], capture_output=True, text=True, check=False
-    )
+    try:
+        done = subprocess.run(
+            ["scontrol", "show", "node", "-o", node],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,  # a controller that does not answer must not stall the group's start
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return node
     for field in done.stdout.split():
         if field.startswith("NodeAddr=") and field != "NodeAddr=":
             return field.removeprefix("NodeAddr=")
