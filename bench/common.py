@@ -25,6 +25,8 @@ class Entry:
     unit: str
     higher_is_better: bool
     note: str = ""
+    # True where the value is read off a line through smaller measurements (quick mode).
+    extrapolated: bool = False
 
     @property
     def met(self) -> bool:
@@ -42,6 +44,8 @@ class Entry:
         }
         if self.note:
             out["note"] = self.note
+        if self.extrapolated:
+            out["extrapolated"] = True
         return out
 
 

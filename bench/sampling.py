@@ -17,6 +17,7 @@ SALMON's); the figure is useful tokens (sum of the targets) per second.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -44,7 +45,12 @@ REPEATS = 2  # ours and HF on the length mix
 
 
 class _NoStop:
+    """A tokenizer stand-in: no stop ids, every logit row a candidate, nothing to decode."""
+
     stop_ids: frozenset[int] = frozenset()
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
 
     def decode(self, ids: list[int]) -> str:
         return ""
@@ -107,7 +113,7 @@ def run_ours(
     requests = [
         Request(str(i), p, b) for i, (p, b) in enumerate(zip(prompts, budgets, strict=True))
     ]
-    sampler = Sampler(model, _NoStop(), max_batch=batch)  # type: ignore[arg-type]
+    sampler = Sampler(model, _NoStop(model.args.vocab_size), max_batch=batch)  # type: ignore[arg-type]
     watch = ForwardClock(model) if clock else None
     try:
         seconds, done = timed(lambda: list(sampler.generate(requests, params)))
@@ -269,33 +275,98 @@ def run_sampler(quick: bool) -> tuple[list[Entry], dict]:
     return entries, details
 
 
+def gemm_shapes(args: ModelArgs, rows: int, length: int) -> list[tuple[int, int, int, int]]:
+    """The prefill's matmuls as (M, K, N, count): every layer's projections and FFN at M = rows x
+    tokens, and the LM head at M = rows (the prefill applies it at each row's last position)."""
+    m, hd = rows * length, args.head_dim
+    q, kv, ffn = args.attn_heads * hd, args.kv_heads * hd, args.ffn_hidden_dim
+    layer = [(args.dim, q), (args.dim, kv), (args.dim, kv), (q, args.dim)]
+    layer += [(args.dim, ffn), (args.dim, ffn), (ffn, args.dim)]
+    shapes = [(m, k, n, args.n_layers) for k, n in layer]
+    return [*shapes, (rows, args.dim, args.vocab_size, 1)]
+
+
+def gemm_floor(
+    shapes: list[tuple[int, int, int, int]], dtype: torch.dtype, repeats: int
+) -> dict[str, float]:
+    """Seconds and FLOP/s of the given F.linear shapes in `dtype` (best of `repeats` each).
+
+    The LM head (the last shape) runs in fp32 whatever `dtype`, as the engine runs it.
+    """
+    gen = torch.Generator().manual_seed(0)
+    seconds = flops = 0.0
+    for index, (m, k, n, count) in enumerate(shapes):
+        kind = torch.float32 if index == len(shapes) - 1 else dtype
+        x = torch.randn(m, k, generator=gen).to(kind)
+        w = torch.randn(n, k, generator=gen).to(kind)
+        torch.nn.functional.linear(x, w)
+        seconds += count * best_of(lambda x=x, w=w: torch.nn.functional.linear(x, w), repeats)
+        flops += count * 2.0 * m * k * n
+    return {"seconds": seconds, "flops": flops, "flop_s": flops / seconds}
+
+
+def matmul_flops_of(dtype: torch.dtype, n: int, repeats: int) -> float:
+    """FLOP/s of one n^3 matmul in `dtype` (best of `repeats`, after a warm-up)."""
+    if dtype == torch.float32:
+        return matmul_flops(n, repeats)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    return 2 * n**3 / best_of(lambda: a @ b, repeats)
+
+
+def op_profile(fn: Callable[[], object], top: int = 10) -> list[dict]:
+    """The torch ops taking the most self time in one call of fn (torch.profiler, CPU)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [{"op": e.key, "calls": e.count, "self_s": round(e.self_cpu_time_total / 1e6, 4)}
+            for e in rows]  # fmt: skip
+
+
 def run_prefill(quick: bool) -> tuple[list[Entry], dict]:
-    """Prefill (rows x tokens, LM head at the last position) vs a 2048^3 matmul, same run."""
+    """Prefill (rows x tokens, LM head at the last position), fp32 and bf16, against the FLOP/s of
+    the same GEMM shapes in the same dtype and against a 2048^3 matmul, in the same run."""
     args = SMOLLM2_SHAPE
-    model, _ = random_model(args, seed=0)
     rows, length = 4, 512
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(3, args.vocab_size, (rows, length), generator=gen)
     last = torch.full((rows,), length - 1)
-    model(tokens[:, :32], logits_at=last.clamp(max=31))
     repeats = 2 if quick else 3
-    log(f"prefill: SmolLM2-135M shape, {rows} x {length} tokens vs a 2048^3 matmul")
-    matmul = matmul_flops(2048, repeats)
-    seconds = best_of(lambda: model(tokens, logits_at=last), repeats)
-    matmul = max(matmul, matmul_flops(2048, repeats))  # both sides of the prefill
     flops = body_flops_per_token(args, length // 2) * rows * length
     flops += 2 * args.dim * args.vocab_size * rows
-    prefill = flops / seconds
-    details = {
-        "shape": args.to_json(),
-        "rows": rows,
-        "tokens_per_row": length,
-        "matmul_gflops": matmul / 1e9,
-        "prefill_gflops": prefill / 1e9,
-        "prefill_s": seconds,
-        "threads": torch.get_num_threads(),
-    }
-    entry = Entry(
-        "prefill_vs_matmul_flops", prefill / matmul, 0.5, "fraction", True, f"{rows}x{length}"
-    )
-    return [entry], details
+    shapes = gemm_shapes(args, rows, length)
+    details: dict = {"shape": args.to_json(), "rows": rows, "tokens_per_row": length,
+                     "gemm_shapes_mknc": shapes, "threads": torch.get_num_threads()}  # fmt: skip
+    entries = []
+    model, _ = random_model(args, seed=0)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model = model.to(dtype)
+        model(tokens[:, :32], logits_at=last.clamp(max=31))
+        log(f"prefill {name}: SmolLM2-135M shape, {rows} x {length} tokens vs its GEMMs, 2048^3")
+        floor = gemm_floor(shapes, dtype, repeats)
+        matmul = matmul_flops_of(dtype, 2048, repeats)
+        seconds = best_of(lambda model=model: model(tokens, logits_at=last), repeats)
+        floor2 = gemm_floor(shapes, dtype, repeats)  # both sides of the prefill
+        matmul = max(matmul, matmul_flops_of(dtype, 2048, repeats))
+        own = max(floor["flop_s"], floor2["flop_s"])
+        prefill = flops / seconds
+        details[name] = {
+            "prefill_gflops": prefill / 1e9,
+            "prefill_s": seconds,
+            "own_gemm_gflops": own / 1e9,
+            "own_gemm_s": min(floor["seconds"], floor2["seconds"]),
+            "matmul_2048_gflops": matmul / 1e9,
+            "ratio_to_own_gemms": prefill / own,
+            "ratio_to_2048_matmul": prefill / matmul,
+        }
+        if prefill / own < 0.5:  # where does the rest of the time go? (one profiled forward)
+            forward = lambda m=model: m(tokens, logits_at=last)  # noqa: E731
+            details[name]["profile_ops_by_self_s"] = op_profile(forward)
+        note = (
+            f"{rows}x{length}, {name}: {prefill / 1e9:.0f} GFLOP/s vs its GEMM shapes "
+            f"{own / 1e9:.0f}; vs a 2048^3 matmul ({matmul / 1e9:.0f}): {prefill / matmul:.2f}"
+        )
+        entries.append(
+            Entry(f"prefill_vs_own_gemm_flops_{name}", prefill / own, 0.5, "fraction", True, note)
+        )
+    return entries, details
