@@ -297,3 +297,44 @@ def test_sigterm_flushes_the_partial_file_and_the_rerun_resumes(
     done = subprocess.run([*launch, *slow_sample(model, whole)], capture_output=True, timeout=180)
     assert done.returncode == 0
     assert (d / "r0.jsonl").read_bytes() == (whole / "r0.jsonl").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_rank_whose_peer_dies_ends_in_one_line_and_the_rerun_resumes(
+    tiny_dir_mp2: Path, reference: Path, tmp_path: Path
+) -> None:
+    """Two torchrun agents, one per "node" as the multi-node launcher starts them; node 1's rank
+    is SIGKILLed after its third record. The surviving rank fails in one line naming the broken
+    group (no traceback), keeps its partial file, and the rerun resumes to the same bytes."""
+    d = inputs_of(reference, tmp_path, "prompts.jsonl")
+    one_per_step = {"--batch-size": "1"}  # one record per step: the kill lands mid-shard
+    argv = sample_argv(tiny_dir_mp2, d, 0, **one_per_step)
+    port = str(29_500 + os.getpid() % 1000)
+    env = {k: v for k, v in os.environ.items() if k != KILL} | {"SALMON_WF_DIST_TIMEOUT": "60"}
+    agents = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "salmon_wf.torchrun", "--nnodes=2"]  # as launch does
+        command += ["--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1"]
+        command += [f"--master-port={port}", "-m", "salmon_wf.cli", *argv]
+        node_env = env | ({KILL: "shard.append:3"} if node == 1 else {})
+        agents.append(subprocess.Popen(command, env=node_env, stderr=subprocess.PIPE, text=True))
+    errs = [agent.communicate(timeout=240)[1] for agent in agents]
+    assert agents[0].returncode != 0 and agents[1].returncode != 0, errs[0][-2000:]
+    ours = [x for x in errs[0].splitlines() if x.startswith("salmon-wf sample: error: ")]
+    assert len(ours) == 1, errs[0][-3000:]
+    assert ours[0].startswith("salmon-wf sample: error: rank 0 of 2 lost its process group (")
+    assert ours[0].endswith("a rerun resumes from them")
+    assert "Traceback" not in errs[0], errs[0][-3000:]
+    left = lines(d / "r0.jsonl.partial")
+    assert len(left) >= 3 and all(x.endswith("\n") for x in left)
+    launch = [sys.executable, "-m", "salmon_wf.launch", "--ranks-per-node", "2", "--"]
+    rerun = subprocess.run([*launch, *argv], capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{PROMPTS} prompts ({len(left)} resumed)" in rerun.stdout
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    inputs_of(reference, whole, "prompts.jsonl")
+    fresh = sample_argv(tiny_dir_mp2, whole, 0, **one_per_step)
+    done = subprocess.run([*launch, *fresh], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (d / "r0.jsonl").read_bytes() == (whole / "r0.jsonl").read_bytes()

@@ -82,6 +82,38 @@ def error_line(command: str, exc: BaseException) -> str:
     return f"salmon-wf {command}: error: {one_line}"
 
 
+# What torch.distributed raises when a peer rank died, hung past the timeout or closed its
+# connection: DistError subclasses (NCCL, the store) or gloo's plain RuntimeErrors, which name
+# gloo's transport in their text.
+_GLOO_TRANSPORT = "gloo/transport/"
+
+
+def is_lost_peer(exc: BaseException) -> bool:
+    """Whether an exception is the group's communication failing (not a bug in a command)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and _GLOO_TRANSPORT in str(exc)
+
+
+def lost_peer_line(command: str, exc: BaseException, rank: int, world: int) -> str:
+    """One line for a rank whose group broke: what happened, and that a rerun resumes."""
+    cause = error_line(command, exc).split(": error: ", 1)[1]
+    return (
+        f"salmon-wf {command}: error: rank {rank} of {world} lost its process group ({cause});"
+        " finished records stay in the shard's .partial file and a rerun resumes from them"
+    )
+
+
+def _group_of_several() -> tuple[int, int] | None:
+    """(rank, world size) when this process is one rank of a group of several, else None."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    world = dist.get_world_size()
+    return (dist.get_rank(), world) if world > 1 else None
+
+
 def _is_rank_zero() -> bool:
     """Rank 0 of the group (or of torchrun's world before the group exists) reports errors."""
     dist = sys.modules.get("torch.distributed")
@@ -111,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_rank_zero():
             time.sleep(RANK_ZERO_GRACE_S)  # usually ended here, once rank 0 has reported
         print(error_line(args.command, exc), file=sys.stderr, flush=True)
+        return FAILED
+    except RuntimeError as exc:
+        group = _group_of_several()
+        if group is None or not is_lost_peer(exc):
+            raise
+        rank, world = group  # no grace: the rank that is gone may be rank 0
+        print(lost_peer_line(args.command, exc, rank, world), file=sys.stderr, flush=True)
         return FAILED
 
 
