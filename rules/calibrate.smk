@@ -25,7 +25,7 @@ rule calibrate_fingerprint:
     conda:
         "../envs/salmon-wf.yaml"
     params:
-        recipe=lambda w: calibration_recipe(RECIPES),
+        recipe=lambda w: RECIPES.with_group("judge", calibration_recipe(RECIPES)),
     shell:
         "echo {params.recipe} > {output:q} 2> {log:q}"
 
@@ -72,7 +72,7 @@ rule calibrate_judge_shard:
         "../envs/salmon-wf.yaml"
     threads: config["model"]["threads"]
     resources:
-        **GPU_RESOURCES,
+        **JUDGE_RESOURCES,
     params:
         command=lambda w: shard_command(
             "judge", judge_args(), calibration_recipe(RECIPES), w

@@ -14,6 +14,7 @@ from salmon_wf.config import command_flags, run_settings, validate
 from salmon_wf.errors import ConfigError
 from salmon_wf.workflow import (
     Recipes,
+    check_group_shapes,
     conversion_command,
     ease_garbage_collection,
     group_shape,
@@ -31,6 +32,7 @@ ease_garbage_collection()
 try:
     validate(config)
     resolve_salmon_prompts(config)
+    check_group_shapes(config)
 except (ConfigError, ValueError) as error:
     raise WorkflowError(str(error)) from None
 _dirs = get_appdirs()
@@ -61,7 +63,9 @@ PYTHON = (
     else shlex.quote(sys.executable)
 )
 SALMON = f"{PYTHON} -m salmon_wf.cli"
+# The sampling shards' jobs, and the judge's (its own and the calibration's): each of its shape.
 GPU_RESOURCES = slurm_resources(config, "gpu")
+JUDGE_RESOURCES = slurm_resources(config, "judge")
 CPU_RESOURCES = slurm_resources(config, "cpu")
 CHEAP_LOCAL = config["slurm"]["cheap_rules_local"]
 
@@ -91,9 +95,11 @@ def model_args():
 
 
 @functools.cache
-def launcher():
-    """One model-parallel group: in-process, torchrun, or srun + torchrun inside SLURM."""
-    nodes, per_node = group_shape(config)
+def launcher(stage):
+    """One `stage` (sample or judge) model-parallel group: in-process, torchrun, or srun +
+    torchrun inside SLURM. Each stage has its own shape: a judge shape change alters only
+    the judge shards' commands, so only they (and what follows) rerun."""
+    nodes, per_node = group_shape(config, stage)
     return (
         f"{PYTHON} -m salmon_wf.launch --nodes {nodes} --ranks-per-node {per_node} --"
     )
@@ -123,10 +129,11 @@ def judge_args():
 # wildcards only: a params function that takes `input` or `output` escapes Snakemake's params
 # rerun check (seen: a new temperature then reran nothing).
 def shard_command(stage, args, recipe, wildcards):
-    """Launcher, model flags, stage flags and this shard's index and resume fingerprint."""
+    """Launcher of `stage`'s group shape, model flags, stage flags and this shard's index
+    and resume fingerprint."""
     i, n = wildcards.i, wildcards.n
     shard = f"--shard {i} --num-shards {n} --fingerprint {recipe}-{i}-{n}"
-    return f"{launcher()} {stage} {model_args()} {args} {shard}"
+    return f"{launcher(stage)} {stage} {model_args()} {args} {shard}"
 
 
 @functools.cache

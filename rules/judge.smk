@@ -64,7 +64,7 @@ rule judge_shard:
         "../envs/salmon-wf.yaml"
     threads: config["model"]["threads"]
     resources:
-        **GPU_RESOURCES,
+        **JUDGE_RESOURCES,
     params:
         command=judge_command,
     shell:

@@ -150,7 +150,8 @@ def object_nodes(node: Any, where: str = "") -> list[tuple[str, dict]]:
 
 def test_every_section_of_the_schema_is_closed() -> None:
     nodes = object_nodes(C.schema())
-    assert len(nodes) == 11  # top, 7 sections, slurm_jobs, sampling_run, sampling_settings
+    # top, 7 sections, slurm_jobs, slurm_job_overrides, sampling_run, sampling_settings
+    assert len(nodes) == 12
     open_ = [where for where, node in nodes if node.get("additionalProperties") is not False]
     assert open_ == []
     runs = C.schema()["properties"]["sampling"]["properties"]["runs"]

@@ -173,6 +173,27 @@ def test_principle_file_change_reruns_judge_and_aggregate_only(done_run: Path, t
     assert planned_jobs(done_run) == expected
 
 
+def test_judge_mp_change_reruns_judging_and_after_never_sampling(done_run: Path) -> None:
+    """The judge's own group shape reaches the judge shards only (SALMON judges at MP 8)."""
+    write_config(done_run, **{"judge.mp": 2})
+    expected = Counter(fingerprint=1, judge_shard=2, gather_judgments=1, aggregate=1, ledger=1)
+    expected["report_figures"] = 1
+    assert planned_jobs(done_run) == expected  # the judge's stamp: no sample shard
+    write_config(done_run, **{"judge.mp": 1})  # the value it followed: nothing changes
+    assert planned_jobs(done_run) == Counter()
+
+
+def test_model_mp_change_reruns_sampling_and_the_judge_only_when_it_follows(done_run: Path):
+    """model.mp rewrites the checkpoint and resamples; the judge reruns when judge.mp is null."""
+    sampling = Counter(prepare_model=1, sample_shard=4, gather_responses=2)
+    write_config(done_run, **{"model.mp": 2})
+    judging = Counter(judge_shard=2, gather_judgments=1, aggregate=1, ledger=1, report_figures=1)
+    # the stamps of both runs and the judge's; the pairs' fingerprint leaves the MP out
+    assert planned_jobs(done_run) == sampling + judging + Counter(fingerprint=3)
+    write_config(done_run, **{"model.mp": 2, "judge.mp": 1})
+    assert planned_jobs(done_run) == sampling + Counter(fingerprint=2)
+
+
 def test_aggregation_parameter_reruns_aggregate_only(done_run: Path) -> None:
     write_config(done_run, **{"aggregate.seed": 7})
     assert planned_jobs(done_run) == Counter(aggregate=1, ledger=1, report_figures=1)

@@ -78,13 +78,14 @@ WORKFLOW_KEYS: dict[str, str] = {
     "judge.principles": "judge_shard's and aggregate's input file (--principles)",
     "judge.template": "judge_shard's input file (--template)",
     "judge.shards": "the judge's shard jobs (--shard/--num-shards, wildcards)",
+    "judge.mp": "the judge's and the calibration's launcher ranks (null: model.mp)",
     "calibrate.input": "calibrate_pairs' input file (--input; null: prompts.input)",
     "calibrate.shards": "the calibration judge's shard jobs (--shard/--num-shards, wildcards)",
     "model.name": "the converted model's folder under models_dir (--model)",
     "model.source": "prepare_model's conversion",
     "model.path": "prepare_model's source, or the model folder for source dir (--model)",
     "model.adapters": "prepare_model's conversion (import-hf --adapter)",
-    "model.mp": "prepare_model (--mp) and the launcher's ranks",
+    "model.mp": "prepare_model (--mp) and the sampling launcher's ranks (judge's: judge.mp)",
     "model.tiny_seed": "prepare_model (tiny-model --seed)",
 }
 

@@ -8,7 +8,9 @@ judge settings, the principle and template contents) are fingerprints written by
 with no upstream, whose params Snakemake always checks. Changing a run's temperature therefore
 reruns that run, both stamps, the pairing, the judge and the aggregation; the principle file
 reruns the judge stamp, the judge and the aggregation; a run's shard count reruns only that
-run's sampling.
+run's sampling. The group shapes (model.mp for sampling, judge.mp for judging, each over its
+nodes per group) are layout too: the shard commands and, past one rank, the stamps carry
+them, so the judge's shape reruns judging and what follows, never sampling.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from salmon_wf.config import run_settings
+from salmon_wf.errors import ConfigError
 
-# Settings that change how work is split or batched, not what it computes.
-LAYOUT_KEYS = frozenset({"shards", "batch_size", "max_rows", "threads"})
+# Settings that change how work is split or batched, not what it computes (model.mp and
+# judge.mp: any checkpoint MP loads on any group of ranks; the shard commands carry the shape).
+LAYOUT_KEYS = frozenset({"shards", "batch_size", "max_rows", "threads", "mp"})
 
 
 def ease_garbage_collection(threshold: int = 20_000) -> None:
@@ -186,8 +190,7 @@ class Recipes:
 
     @functools.cache  # noqa: B019 - one Recipes per workflow run
     def model(self) -> str:
-        cfg = semantic(self.config["model"])
-        cfg.pop("mp", None)  # any checkpoint MP gives the same model
+        cfg = semantic(self.config["model"])  # without mp: any checkpoint MP, the same model
         if not cfg.get("adapters"):
             cfg.pop("adapters", None)  # fingerprints of adapter-less models stay as they were
         return digest(cfg | model_source_stamps(self.config["model"]))
@@ -219,32 +222,90 @@ class Recipes:
         return digest({"judge": cfg, "stamps": stamps, "pairs": self.pairs()})
 
     def of(self, stage: str) -> str:
-        """The fingerprint of stage "pairs", "judge" or "sample-<run>" (the stamp rule's)."""
+        """The stamp rule's params of stage "pairs", "judge" or "sample-<run>"."""
         if stage.startswith("sample-"):
-            return self.sample(stage.removeprefix("sample-"))
-        return {"pairs": self.pairs, "judge": self.judge}[stage]()
+            return self.with_group("sample", self.sample(stage.removeprefix("sample-")))
+        if stage == "judge":
+            return self.with_group("judge", self.judge())
+        return self.pairs()
+
+    def with_group(self, stage: str, recipe: str) -> str:
+        """A shard stage's stamp: its fingerprint and, past one rank, its group's MP.
+
+        The shard commands carry the shape, but a model.mp change also reruns prepare_model,
+        and Snakemake does not check the params of jobs after a job that reruns: the stamp
+        (no upstream) makes such a change rerun the shards it reaches (the sampling's, and the
+        judge's when judge.mp is null). The fingerprints proper leave the MP out (LAYOUT_KEYS),
+        and one rank adds nothing, so stamps written before stay valid.
+        """
+        mp = group_mp(self.config, stage)
+        return recipe if mp == 1 else f"{recipe}-mp{mp}"
 
 
-def group_shape(config: dict[str, Any]) -> tuple[int, int]:
-    """(nodes, ranks per node) of one model-parallel group (= one shard job)."""
-    mp, nodes = config["model"]["mp"], config["slurm"]["nodes_per_group"]
+# The keys of each shard stage's group shape: (MP, nodes per group); the judge's own keys
+# fall back to the sampling's when null.
+SHAPE_KEYS = {
+    "sample": (("model", "mp"), ("slurm", "nodes_per_group")),
+    "judge": (("judge", "mp"), ("slurm", "judge_nodes_per_group")),
+}
+
+
+def _shape_value(config: dict[str, Any], stage: str, which: int) -> tuple[int, str]:
+    """One of a stage's shape values and the dotted key it came from (the judge's, else the
+    sampling's)."""
+    for name in dict.fromkeys((stage, "sample")):
+        section, key = SHAPE_KEYS[name][which]
+        value = config.get(section, {}).get(key)
+        if value is not None:
+            return value, f"{section}.{key}"
+    raise KeyError(f"{SHAPE_KEYS['sample'][which]} is not set")
+
+
+def group_mp(config: dict[str, Any], stage: str = "sample") -> int:
+    """Model-parallel ranks of one `stage` ("sample" or "judge") shard job."""
+    return _shape_value(config, stage, 0)[0]
+
+
+def group_shape(config: dict[str, Any], stage: str = "sample") -> tuple[int, int]:
+    """(nodes, ranks per node) of one `stage` model-parallel group (= one shard job).
+
+    Sampling's is model.mp over slurm.nodes_per_group; the judge's (its shards and the
+    calibration's) judge.mp over slurm.judge_nodes_per_group, each null one the sampling's.
+    A shape that does not divide is a ConfigError naming the keys in effect.
+    """
+    (mp, mp_key), (nodes, nodes_key) = (_shape_value(config, stage, w) for w in (0, 1))
     if mp % nodes:
-        raise ValueError(f"model.mp {mp} is not divisible by slurm.nodes_per_group {nodes}")
+        raise ConfigError(
+            f"{mp} is not divisible by {nodes_key} {nodes} (a group's ranks are spread"
+            " evenly over its nodes)",
+            field=f"config {mp_key}",
+        )
     return nodes, mp // nodes
+
+
+def check_group_shapes(config: dict[str, Any]) -> None:
+    """Both stages' shapes, checked at start (before any job is planned or submitted)."""
+    for stage in SHAPE_KEYS:
+        group_shape(config, stage)
 
 
 def slurm_resources(config: dict[str, Any], kind: str) -> dict[str, Any]:
     """Snakemake resources for snakemake-executor-plugin-slurm from config.yaml's slurm section.
 
-    kind "gpu": the shard jobs. One task per node and `gres=gpu:<ranks per node>`, which SLURM
-    applies per node. Multi-node groups are `mpi="srun"` jobs (the plugin then does not wrap
-    the job in its own srun: our launcher calls srun itself); a one-node job runs inside the
-    plugin's `srun -n1` step and the launcher's srun joins it with --overlap.
+    kind "gpu": the sampling shard jobs. One task per node and `gres=gpu:<ranks per node>`,
+    which SLURM applies per node. Multi-node groups are `mpi="srun"` jobs (the plugin then does
+    not wrap the job in its own srun: our launcher calls srun itself); a one-node job runs
+    inside the plugin's `srun -n1` step and the launcher's srun joins it with --overlap.
+    kind "judge": the judge's shard jobs (and the calibration's): gpu_jobs with judge_jobs'
+    keys over them, and the judge's group shape.
     kind "cpu": model conversion and, when not local, the cheap rules.
     Empty settings are left out so the cluster's defaults apply. Other executors ignore them.
     """
     site = config["slurm"]
-    jobs = site[f"{kind}_jobs"]
+    if kind == "judge":
+        jobs = site["gpu_jobs"] | (site.get("judge_jobs") or {})
+    else:
+        jobs = site[f"{kind}_jobs"]
     resources: dict[str, Any] = {
         "slurm_partition": jobs.get("partition", ""),
         "slurm_account": jobs.get("account", ""),
@@ -255,8 +316,8 @@ def slurm_resources(config: dict[str, Any], kind: str) -> dict[str, Any]:
         "mem_mb": jobs["mem_mb"],
         "cpus_per_task": jobs["cpus_per_task"],
     }
-    if kind == "gpu":
-        nodes, per_node = group_shape(config)
+    if kind in ("gpu", "judge"):
+        nodes, per_node = group_shape(config, "judge" if kind == "judge" else "sample")
         gpus = per_node if jobs.get("gpus_per_node") is None else jobs["gpus_per_node"]
         # One node and one task are SLURM's defaults. The plugin accepts mpi jobs only with
         # several tasks, and turns `tasks` of a GPU job into --ntasks-per-gpu (one task per
