@@ -183,15 +183,16 @@ def test_judge_mp_change_reruns_judging_and_after_never_sampling(done_run: Path)
     assert planned_jobs(done_run) == Counter()
 
 
-def test_model_mp_change_reruns_sampling_and_the_judge_only_when_it_follows(done_run: Path):
-    """model.mp rewrites the checkpoint and resamples; the judge reruns when judge.mp is null."""
-    sampling = Counter(prepare_model=1, sample_shard=4, gather_responses=2)
+def test_model_mp_change_resamples_and_everything_after_reads_the_new_responses(done_run: Path):
+    """model.mp rewrites the checkpoint and resamples (another MP can flip a near-tie token), so
+    the pairs and the judge follow, whether judge.mp follows model.mp or is pinned."""
+    sampling = Counter(prepare_model=1, sample_shard=4, gather_responses=2, pair_responses=1)
     write_config(done_run, **{"model.mp": 2})
     judging = Counter(judge_shard=2, gather_judgments=1, aggregate=1, ledger=1, report_figures=1)
-    # the stamps of both runs and the judge's; the pairs' fingerprint leaves the MP out
-    assert planned_jobs(done_run) == sampling + judging + Counter(fingerprint=3)
+    # the stamps of both runs, the pairs' and the judge's (its shape follows model.mp)
+    assert planned_jobs(done_run) == sampling + judging + Counter(fingerprint=4)
     write_config(done_run, **{"model.mp": 2, "judge.mp": 1})
-    assert planned_jobs(done_run) == sampling + Counter(fingerprint=2)
+    assert planned_jobs(done_run) == sampling + judging + Counter(fingerprint=3)
 
 
 def test_aggregation_parameter_reruns_aggregate_only(done_run: Path) -> None:

@@ -227,7 +227,9 @@ class Recipes:
             return self.with_group("sample", self.sample(stage.removeprefix("sample-")))
         if stage == "judge":
             return self.with_group("judge", self.judge())
-        return self.pairs()
+        # the responses are `ancient` to pair_responses: a resampling at another MP (which can
+        # flip a near-tie token) must reach the pairs, and the judge through them, by the stamp
+        return self.with_group("sample", self.pairs())
 
     def with_group(self, stage: str, recipe: str) -> str:
         """A shard stage's stamp: its fingerprint and, past one rank, its group's MP.
