@@ -57,15 +57,21 @@ def cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def rows(schema: dict[str, Any], node: dict[str, Any], prefix: str) -> list[list[str]]:
-    """[key, type, default, description] of every key under `node`, depth first."""
+def rows(
+    schema: dict[str, Any], node: dict[str, Any], prefix: str, overrides: bool = False
+) -> list[list[str]]:
+    """[key, type, default, description] of every key under `node`, depth first.
+
+    The keys of an `*_overrides` definition (slurm.judge_jobs) override another section's: a
+    key left out is not the shared definition's default but that section's value."""
     out = []
-    for key, child in node.get("properties", {}).items():
-        child = resolve(schema, child)
+    for key, raw in node.get("properties", {}).items():
+        child = resolve(schema, raw)
         name = f"{prefix}{key}"
         default = json.dumps(child["default"]) if "default" in child else "(none)"
-        out.append([f"`{name}`", type_of(child), f"`{default}`", child.get("description", "")])
-        out += rows(schema, child, f"{name}.")
+        default = "(unset: see above)" if overrides else f"`{default}`"
+        out.append([f"`{name}`", type_of(child), default, child.get("description", "")])
+        out += rows(schema, child, f"{name}.", str(raw.get("$ref", "")).endswith("_overrides"))
         extra = child.get("additionalProperties")
         if isinstance(extra, dict):
             item = resolve(schema, extra)
