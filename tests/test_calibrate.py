@@ -203,6 +203,32 @@ def test_wilson_interval_against_a_hand_computation() -> None:
         wilson(3, 2)
 
 
+def test_wilson_ends_are_exact_and_every_interval_holds_its_share() -> None:
+    # the formula alone gives 5e-17 at 0 of 3 and 1 - 1.1e-16 at 10 of 10
+    assert wilson(0, 3)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+    for n in range(1, 60):
+        for k in range(n + 1):
+            low, high = wilson(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0, (k, n)
+
+
+def test_figures_draw_shares_at_the_interval_ends(tmp_path: Path) -> None:
+    """0 of 3 and 10 of 10 agreeing (a small calibration): matplotlib refuses negative error
+    bars, which an interval end an ulp past its share would give."""
+    from salmon_wf.report.calibration import AGGREGATES, write_figures
+    from salmon_wf.stages.calibrate.summary import proportion
+
+    gap = {"1": {"mean_score_toward_better": 0.1, "pairs": 3}}
+    principles = {
+        "Honest": {"agreement": proportion(0, 3), "consistent_share": 0.5, "by_rank_gap": gap},
+        "Creative": {"agreement": proportion(10, 10), "consistent_share": 1.0, "by_rank_gap": gap},
+    }
+    aggregate = {key: {"agreement": proportion(10, 10)} for key in AGGREGATES}
+    written = write_figures({"principles": principles, "aggregate": aggregate}, tmp_path)
+    assert sorted(p.name for p in written) == ["agreement.png", "rank_gap.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
 # ---------------------------------------------------------------- the summary maths
 
 

@@ -62,8 +62,9 @@ def write_figures(calibration: dict[str, Any], out: Path, source: Path | None = 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), width_ratios=[3, 2])
     xs = list(range(len(rows)))
     shares = [r["share"] if r["share"] is not None else float("nan") for r in rows]
-    low = [r["share"] - r["ci95"][0] if r["ci95"] else 0 for r in rows]
-    high = [r["ci95"][1] - r["share"] if r["ci95"] else 0 for r in rows]
+    # error bars must not be negative (matplotlib refuses them): a share at an interval end
+    low = [max(0.0, r["share"] - r["ci95"][0]) if r["ci95"] else 0 for r in rows]
+    high = [max(0.0, r["ci95"][1] - r["share"]) if r["ci95"] else 0 for r in rows]
     colours = ["tab:blue" if r["consistent"] is not None else "tab:orange" for r in rows]
     left.bar(xs, shares, color=colours, yerr=[low, high], capsize=3)
     left.axhline(0.5, color="grey", lw=0.8, ls="--")

@@ -46,7 +46,11 @@ def wilson(successes: int, n: int, z: float = Z95) -> list[float] | None:
     centre = p + z2 / (2 * n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     scale = 1 + z2 / n
-    return [max(0.0, (centre - half) / scale), min(1.0, (centre + half) / scale)]
+    # exact ends at 0 and n of n (the formula lands an ulp past the share there: 0 of 3 gives
+    # 5e-17), and never an interval that leaves out its own share
+    low = 0.0 if successes == 0 else min(p, (centre - half) / scale)
+    high = 1.0 if successes == n else max(p, (centre + half) / scale)
+    return [low, high]
 
 
 def proportion(successes: int, n: int) -> dict[str, Any]:
