@@ -130,9 +130,11 @@ def judge_args():
 # rerun check (seen: a new temperature then reran nothing).
 def shard_command(stage, args, recipe, wildcards):
     """Launcher of `stage`'s group shape, model flags, stage flags and this shard's index
-    and resume fingerprint."""
+    and resume fingerprint. The fingerprint carries the group's MP past one rank: a partial
+    file written at another MP (which can flip a near-tie token) is not resumed."""
     i, n = wildcards.i, wildcards.n
-    shard = f"--shard {i} --num-shards {n} --fingerprint {recipe}-{i}-{n}"
+    resume = RECIPES.with_group(stage, recipe)
+    shard = f"--shard {i} --num-shards {n} --fingerprint {resume}-{i}-{n}"
     return f"{launcher(stage)} {stage} {model_args()} {args} {shard}"
 
 

@@ -76,6 +76,19 @@ def test_salmons_judge_shape_and_jobs_change_only_the_judges_resources() -> None
     assert slurm_resources(config, "gpu")["gres"] == "gpu:6"
 
 
+def test_the_sampling_gpu_count_does_not_reach_the_judge_except_none() -> None:
+    config = salmon_config(**{"judge.mp": 8, "slurm.judge_nodes_per_group": 1})
+    config["slurm"]["gpu_jobs"]["gpus_per_node"] = 6  # sized for MP 12 over 2 nodes
+    assert slurm_resources(config, "gpu")["gres"] == "gpu:6"
+    assert slurm_resources(config, "judge")["gres"] == "gpu:8"  # its 8 ranks, not 6 GPUs
+    config["slurm"]["judge_jobs"] = {"gpus_per_node": 4}
+    assert slurm_resources(config, "judge")["gres"] == "gpu:4"  # its own, when given
+    config["slurm"]["judge_jobs"] = {}
+    config["slurm"]["gpu_jobs"]["gpus_per_node"] = 0  # a cluster without GPUs: none for both
+    assert "gres" not in slurm_resources(config, "gpu")
+    assert "gres" not in slurm_resources(config, "judge")
+
+
 def test_the_judge_over_nodes_of_its_own() -> None:
     config = salmon_config(**{"judge.mp": 16, "slurm.judge_nodes_per_group": 2})
     judge = slurm_resources(config, "judge")
@@ -178,6 +191,10 @@ def test_sample_and_judge_shards_are_planned_with_their_own_shapes(tmp_path: Pat
         assert resources["mem_mb"] == "1234"
     # the checkpoint is written once, with model.mp's files
     assert "tiny-model models/tiny --mp 4 " in text
+    # resume fingerprints carry each group's MP: a partial file of another MP is not resumed
+    fingerprints = [re.search(r"--fingerprint (\S+)", c).group(1) for _, c in sample + judges]
+    assert all(f.rsplit("-", 2)[0].endswith("-mp4") for f in fingerprints[:4])
+    assert all(f.rsplit("-", 2)[0].endswith("-mp2") for f in fingerprints[4:])
 
 
 def test_the_default_judge_shape_is_the_sampling_shape_in_every_command(tmp_path: Path) -> None:
@@ -186,6 +203,9 @@ def test_the_default_judge_shape_is_the_sampling_shape_in_every_command(tmp_path
     commands = [c for rule in ("sample_shard", "judge_shard") for _, c in planned(text, rule)]
     assert len(commands) == 6
     assert all("salmon_wf.launch --nodes 1 --ranks-per-node 2 -- " in c for c in commands)
+    write_config(tmp_path, **{"model.mp": 1})
+    one_rank = snakemake(tmp_path, "-n", "-p")
+    assert not re.search(r"-mp\d", one_rank)  # one rank: fingerprints as before group shapes
 
 
 # ---------------------------------------------------------------- one checkpoint, any MP

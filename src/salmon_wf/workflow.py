@@ -291,6 +291,17 @@ def check_group_shapes(config: dict[str, Any]) -> None:
         group_shape(config, stage)
 
 
+def explicit_gpus(site: dict[str, Any], kind: str, jobs: dict[str, Any]) -> int | None:
+    """The explicit GPUs per node of a shard job, None for its group's ranks per node.
+
+    gpu_jobs' count is sized for the sampling's shape (6 per node for MP 12 over 2 nodes): the
+    judge takes its own from judge_jobs, and of gpu_jobs' only 0 (a cluster without GPUs)."""
+    if kind != "judge":
+        return jobs.get("gpus_per_node")
+    own = (site.get("judge_jobs") or {}).get("gpus_per_node")
+    return 0 if own is None and site["gpu_jobs"].get("gpus_per_node") == 0 else own
+
+
 def slurm_resources(config: dict[str, Any], kind: str) -> dict[str, Any]:
     """Snakemake resources for snakemake-executor-plugin-slurm from config.yaml's slurm section.
 
@@ -320,7 +331,8 @@ def slurm_resources(config: dict[str, Any], kind: str) -> dict[str, Any]:
     }
     if kind in ("gpu", "judge"):
         nodes, per_node = group_shape(config, "judge" if kind == "judge" else "sample")
-        gpus = per_node if jobs.get("gpus_per_node") is None else jobs["gpus_per_node"]
+        explicit = explicit_gpus(site, kind, jobs)
+        gpus = per_node if explicit is None else explicit
         # One node and one task are SLURM's defaults. The plugin accepts mpi jobs only with
         # several tasks, and turns `tasks` of a GPU job into --ntasks-per-gpu (one task per
         # GPU, not per node) unless tasks_per_gpu is given: 0 leaves that flag out.
