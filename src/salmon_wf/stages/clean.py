@@ -28,7 +28,7 @@ import argparse
 import hashlib
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from salmon_wf.data.oasst import (
     LAYOUTS,
     SPLITS,
     Message,
+    SplitChoice,
     choose_split,
     detect_layout,
     read_messages,
@@ -238,11 +239,18 @@ def options_from_args(args: argparse.Namespace) -> PromptFilter:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    options = options_from_args(args)
+def read_input(args: argparse.Namespace) -> tuple[str, SplitChoice, Iterator[Message]]:
+    """The OASST1 input --input, --format and --split name: its layout, the split chosen and
+    its messages (read lazily). clean-prompts and calibrate pairs read the same input so."""
     layout = detect_layout(args.input) if args.format == "auto" else args.format
     split = choose_split(args.input, layout, args.split)
-    records, stats = clean_prompts(read_messages(args.input, layout, args.split), options)
+    return layout, split, read_messages(args.input, layout, args.split)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    layout, split, messages = read_input(args)
+    records, stats = clean_prompts(messages, options)
     summary = {"input": str(args.input), "layout": layout, "split": split.summary(), **stats}
     summary["options"] = asdict(options)
     if not records:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from salmon_wf.config import add_list_option, command_defaults
 from salmon_wf.data.jsonl import write_json, write_jsonl
-from salmon_wf.data.oasst import choose_split, detect_layout, read_messages
 from salmon_wf.errors import ConfigError, OasstFormatError
 from salmon_wf.stages import clean
 from salmon_wf.stages.aggregate.settings import Settings
@@ -97,10 +96,8 @@ def selection_from(args: argparse.Namespace) -> Selection:
 
 def run_pairs(args: argparse.Namespace) -> int:
     selection = selection_from(args)
-    layout = detect_layout(args.input) if args.format == "auto" else args.format
-    split = choose_split(args.input, layout, args.split)
     prompts = clean.options_from_args(args)
-    messages = read_messages(args.input, layout, args.split)
+    layout, split, messages = clean.read_input(args)
     records, counts = select_pairs(messages, selection, prompts)
     if not records:
         raise OasstFormatError(
