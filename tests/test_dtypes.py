@@ -91,3 +91,27 @@ def test_auto_loads_what_it_reports(tiny_dir: Path, single_rank: ParallelContext
     expected = "bf16" if cpu_bf16_flags() else "fp32"
     assert loaded.dtype.name == expected
     assert loaded.model.dtype == loaded.dtype.dtype
+
+
+def test_bf16_head_choice_exact_for_the_judge_rounded_for_sampling(
+    tiny_dir: Path, single_rank: ParallelContext
+) -> None:
+    """exact_head (the judge's): the fp32 product of the bf16 weights; False (sampling): the
+    bf16 product, within bf16 rounding of it, still returned as fp32 for the fp32 softmax."""
+    bf16 = load_model(tiny_dir, single_rank, dtype="bf16").model
+    ids = bf16.args.vocab_size
+    tokens = torch.randint(3, ids, (2, 9), generator=torch.Generator().manual_seed(1))
+    last = torch.tensor([8, 5])
+    exact = bf16(tokens, logits_at=last)
+    rounded = bf16(tokens, logits_at=last, exact_head=False)
+    assert exact.dtype == rounded.dtype == torch.float32
+    # The exact head multiplies the fp32 final norm by the (exactly representable) bf16 weights.
+    hidden = torch.randn(2, bf16.args.dim, generator=torch.Generator().manual_seed(2))
+    weight = bf16.output.weight.float()
+    torch.testing.assert_close(bf16._head(hidden), hidden @ weight.T, rtol=1e-5, atol=1e-5)
+    fast = bf16._head(hidden, exact=False)
+    assert not torch.equal(fast, bf16._head(hidden))  # rounded to bf16: not the exact values
+    reference = (hidden.bfloat16().float() @ weight.T).abs()
+    assert bool(((fast - hidden @ weight.T).abs() <= 2**-7 * reference + 0.05).all())
+    assert torch.equal(fast, fast.bfloat16().float())  # 8 bits of mantissa, as stored
+    assert float((exact - rounded).abs().max()) < 0.05 * float(exact.abs().max())

@@ -95,3 +95,36 @@ def test_every_weight_is_built_on_the_requested_device(tiny: LoadedModel) -> Non
     model = build_model(tiny.args, torch.bfloat16, torch.device("meta"))
     places = {(name, p.device.type, p.dtype) for name, p in model.named_parameters()}
     assert places and all(kind == "meta" and dtype == torch.bfloat16 for _, kind, dtype in places)
+
+
+def test_fused_norm_and_complex_rotary_equal_the_spelled_out_formulas() -> None:
+    """RMSNorm (torch's fused kernel) and the complex rotary are the textbook formulas: equal in
+    fp32, and in bf16 the fp32 result rounded once (not five roundings)."""
+    from salmon_wf.model.transformer import RMSNorm, Rotary
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 64, generator=gen) * 3
+    norm = RMSNorm(64, 1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(64, generator=gen) + 0.5)
+    spelled = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), spelled, rtol=1e-6, atol=1e-6)
+    low = norm.to(torch.bfloat16)(x.bfloat16()).detach()
+    assert low.dtype == torch.bfloat16
+    exact = x.bfloat16().float()
+    exact = exact * torch.rsqrt(exact.pow(2).mean(-1, keepdim=True) + 1e-5)
+    exact = exact * norm.weight.detach().float()
+    assert float((low.float() - exact).abs().max()) <= float(exact.abs().max()) * 2**-8
+
+    rotary = Rotary(head_dim=16, max_positions=50, theta=10000.0)
+    positions = torch.tensor([[0, 5, 49], [1, 2, 3]])
+    q = torch.randn(2, 3, 4, 16, generator=gen)
+    out = Rotary.rotate(q, rotary.tables(positions))
+    inv = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
+    angle = positions[..., None, None].double() * inv  # [B, T, 1, D/2]
+    even, odd = q[..., 0::2].double(), q[..., 1::2].double()
+    expected = torch.stack(
+        (even * angle.cos() - odd * angle.sin(), even * angle.sin() + odd * angle.cos()), -1
+    ).flatten(-2)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[:, 0, :, :][0], q[0, 0])  # position 0 is the identity

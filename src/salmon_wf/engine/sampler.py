@@ -155,7 +155,8 @@ class Sampler:
             raise ValueError(f"shared prefix of {len(self.prefix)} tokens fills the context")
         if self.prefix:
             self.prefix_cache = KVCache.allocate(model, 1, len(self.prefix))
-            model(torch.tensor([self.prefix], device=model.device), 0, self.prefix_cache)
+            prefix = torch.tensor([self.prefix], device=model.device)
+            model(prefix, 0, self.prefix_cache, None, torch.tensor([len(self.prefix) - 1]))
 
     def generate(self, requests: Iterable[Request], params: SamplingParams) -> Iterator[Completion]:
         """Yield completions as they finish (not in input order)."""
@@ -187,7 +188,12 @@ class Sampler:
                 starts = torch.tensor([slots[i].position for i in active], device=device)
                 contiguous = active == list(range(len(active)))
                 logits = model(
-                    tokens, starts, cache, None if contiguous else rows, torch.zeros_like(starts)
+                    tokens,
+                    starts,
+                    cache,
+                    None if contiguous else rows,
+                    torch.zeros_like(starts),
+                    exact_head=False,
                 )
                 self.stats["decode_steps"] += 1
                 for i in active:
@@ -246,7 +252,12 @@ class Sampler:
         rows = torch.tensor([i for i, _ in entries], device=device)
         last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
         logits = self.model(
-            tokens.to(device), torch.tensor(starts, device=device), cache, rows, last
+            tokens.to(device),
+            torch.tensor(starts, device=device),
+            cache,
+            rows,
+            last,
+            exact_head=False,
         )
         for (_, slot), start, suffix in zip(entries, starts, suffixes, strict=True):
             slot.position = start + len(suffix)

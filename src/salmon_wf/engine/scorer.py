@@ -59,7 +59,8 @@ class PrefixScorer:
         self.prefix_cache: KVCache | None = None
         if self.prefix:
             self.prefix_cache = KVCache.allocate(model, 1, len(self.prefix))
-            model(torch.tensor([self.prefix], device=model.device), 0, self.prefix_cache)
+            prefix = torch.tensor([self.prefix], device=model.device)
+            model(prefix, 0, self.prefix_cache, None, torch.tensor([len(self.prefix) - 1]))
             self.stats["tokens_run"] += len(self.prefix)
 
     def score(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> torch.Tensor:
