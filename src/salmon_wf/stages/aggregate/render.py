@@ -1,8 +1,11 @@
 """Rendering: each written example's JSON line, exactly as json.dumps(record, ensure_ascii=False).
 
-The line is assembled from pieces encoded once (a pair's texts, a dimension's literal) and small
-tables (a record's last fields, the negative_definitions literals); tests check every line
-against json.dumps.
+A line is the concatenation of pieces, each an Arrow string array over the chunk's rows: a pair's
+texts, JSON-encoded once (texts.py), taken by row; and small tables of what takes few values (the
+preference, the dimension names, the negative_definitions literal, the record's last fields)
+taken by key. Arrow joins the pieces (outside the GIL, so the writer thread overlaps it) and the
+chunk's JSONL bytes are the joined array's data buffer. Tests check every line against
+json.dumps.
 """
 
 from __future__ import annotations
@@ -11,105 +14,178 @@ from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from salmon_wf.stages.aggregate.maths import RULES, Decisions, Draws
 from salmon_wf.stages.aggregate.tables import Pairs
+from salmon_wf.stages.aggregate.texts import STRING, float_reprs, json_strings, strings
+
+_EMPTY = pa.scalar("", STRING)
 
 
 def _json_bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+def _literal(text: str) -> pa.Scalar:
+    return pa.scalar(text, STRING)
+
+
+def _join(*pieces: pa.Array | pa.Scalar) -> pa.Array:
+    return pc.binary_join_element_wise(*pieces, _EMPTY)
+
+
 class Renderer:
     """Each written example's JSON line, exactly as json.dumps(record, ensure_ascii=False).
 
     The texts make up most of every line and a pair appears in up to `passes` examples, so
-    they are JSON-encoded once per pair and the line is assembled from encoded pieces.
+    they are JSON-encoded once per pair and the lines are assembled from encoded pieces.
     """
 
     def __init__(self, pairs: Pairs, dims: Sequence[str]) -> None:
-        enc = encode_basestring  # json.dumps of a str with ensure_ascii=False, minus the wrapper
-        self.head = [
-            f'{{"id": {enc(i)}, "instruction": {enc(a)}, "input": {enc(b)}, '
-            for i, a, b in zip(pairs.ids, pairs.instruction, pairs.input, strict=True)
-        ]
-        self.output_1 = [enc(t) for t in pairs.output_1]
-        self.output_2 = [enc(t) for t in pairs.output_2]
-        self.lang: list[str] = []  # per pair, as read: '["en", "en", "de"]'
-        self.lang_swapped: list[str] = []  # the same with the outputs' codes swapped
-        self.dim = [enc(repr(d))[1:-1] for d in dims]  # a name's Python literal, JSON-escaped
-        # A record's last fields by end key flip * 6 + rule * 2 + swapped (see lines()).
-        self.ends = [
-            f'"flip": {_json_bool(flip)}, "rule_flag": {_json_bool(rule > 0)}, '
-            f'"swapped": {_json_bool(swapped)}, "rule": {enc(RULES[rule])}}}'
-            for flip in (False, True)
-            for rule in range(len(RULES))
-            for swapped in (False, True)
-        ]
-        self.negated: dict[int, str] = {}  # negative_definitions literal by negation key
+        ids, instruction, given, output_1, output_2 = (
+            json_strings(strings(column))
+            for column in (
+                pairs.ids,
+                pairs.instruction,
+                pairs.input,
+                pairs.output_1,
+                pairs.output_2,
+            )
+        )
+        self.n = len(ids)
+        self.d = len(dims)
+        self.head = _join(
+            _literal('{"id": '),
+            ids,
+            _literal(', "instruction": '),
+            instruction,
+            _literal(', "input": '),
+            given,
+            _literal(', "output_1": '),
+        )
+        del ids, instruction, given
+        self.outputs = pa.concat_arrays([output_1, output_2])  # row i, then row n + i
+        del output_1, output_2
+        # Each name's Python literal, JSON-escaped.
+        self.dim = pa.array([encode_basestring(repr(d))[1:-1] for d in dims], STRING)
+        self.preference = pa.array(
+            [f', "preference": {p}, "dimensions": "(' for p in (1, 2)], STRING
+        )
+        # The dominant position's field and the "lang" key, by dominant * 2 + (k == 1).
+        self.dominant = pa.array(
+            [
+                f'{one})", "doinate_dimension_idx": {j}, "lang": '
+                for j in range(self.d)
+                for one in ("", ",")
+            ],
+            STRING,
+        )
+        # A record's last fields by end key flip * 6 + rule * 2 + swapped (see render()).
+        self.ends = pa.array(
+            [
+                f', "flip": {_json_bool(flip)}, "rule_flag": {_json_bool(rule > 0)}, '
+                f'"swapped": {_json_bool(swapped)}, "rule": {encode_basestring(RULES[rule])}}}\n'
+                for flip in (False, True)
+                for rule in range(len(RULES))
+                for swapped in (False, True)
+            ],
+            STRING,
+        )
+        self.lang = pa.array([], STRING)  # per distinct code triple: as read, then swapped
+        self.lang_key = np.zeros(0, np.int64)  # per pair: its triple's index in `lang` / 2
+        self.negated: dict[int, str] = {}  # negative_definitions piece by negation key
 
     def set_languages(self, codes: Iterable[tuple[str, str, str]]) -> None:
         """Each pair's (instruction, output_1, output_2) codes as read (known after the texts).
 
-        Pairs with the same three codes share one string (few distinct triples at any size).
+        Pairs with the same three codes share one piece (few distinct triples at any size).
         """
-        seen: dict[tuple[str, str, str], tuple[str, str]] = {}
-        lang, swapped = [], []
-        for triple in codes:
-            pieces = seen.get(triple)
-            if pieces is None:
-                a, b, c = (encode_basestring(code) for code in triple)
-                pieces = seen[triple] = (f"[{a}, {b}, {c}]", f"[{a}, {c}, {b}]")
-            lang.append(pieces[0])
-            swapped.append(pieces[1])
-        self.lang, self.lang_swapped = lang, swapped
+        seen: dict[tuple[str, str, str], int] = {}
+        keys = [seen.setdefault(triple, len(seen)) for triple in codes]
+        pieces = []
+        for triple in seen:
+            a, b, c = (encode_basestring(code) for code in triple)
+            pieces += [f"[{a}, {b}, {c}]", f"[{a}, {c}, {b}]"]
+        self.lang = pa.array(pieces, STRING)
+        self.lang_key = np.array(keys, dtype=np.int64)
 
     def lines(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[str]:
-        """The lines of the examples at rows `index` of one pass, in that order.
+        """The lines of the examples at rows `index` of one pass, in that order (no "\\n")."""
+        return [line[:-1] for line in self.render(index, draws, out).to_pylist()]
+
+    def jsonl(self, index: np.ndarray, draws: Draws, out: Decisions) -> pa.Buffer:
+        """The JSONL bytes of the examples at rows `index` of one pass (each line ends "\\n")."""
+        rendered = self.render(index, draws, out)
+        offsets = rendered.buffers()[1]
+        ends = np.frombuffer(offsets, np.int64, len(rendered) + 1, rendered.offset * 8)
+        return rendered.buffers()[2].slice(int(ends[0]), int(ends[-1] - ends[0]))
+
+    def render(self, index: np.ndarray, draws: Draws, out: Decisions) -> pa.Array:
+        """The examples at rows `index` of one pass, each line with its "\\n".
 
         What takes few values is looked up, not formatted per line: the record's end by
-        (flip, rule, swap) and the negative_definitions literal by (k, negation bits).
+        (flip, rule, swap), the negative_definitions literal by (k, negation bits), the
+        dimension names by their shuffled indices.
         """
+        index = np.asarray(index, dtype=np.int64)
+        if index.size == 0:
+            return pa.array([], STRING)
         k = out.k[index]
-        d = draws.negate.shape[1]
+        d = self.d
         positions = np.arange(d)
-        bits = draws.negate[index] & (positions[None, :] < k[:, None])
+        active = positions[None, :] < k[:, None]
+        bits = draws.negate[index] & active
         negation_key = (bits * (1 << positions)).sum(axis=1) | (k << d)
-        swap = draws.swap[index]
+        swap = draws.swap[index].astype(np.int64)
         end_key = out.noise_flip[index] * 6 + out.rule[index] * 2 + swap
-        columns = zip(
-            index.tolist(),
-            k.tolist(),
-            draws.order[index].tolist(),
-            negation_key.tolist(),
-            out.scores[index].tolist(),
-            out.dominant[index].tolist(),
-            out.preference[index].tolist(),
-            swap.tolist(),
-            end_key.tolist(),
-            strict=True,
+        first = self.outputs.take(index + self.n * swap)
+        second = self.outputs.take(index + self.n * (1 - swap))
+        return _join(
+            self.head.take(index),
+            first,
+            _literal(', "output_2": '),
+            second,
+            self.preference.take(out.preference[index] - 1),
+            self._names(draws.order[index], active, k),
+            self._negated(negation_key),
+            self._scores(out.scores[index], active, k),
+            self.dominant.take(out.dominant[index] * 2 + (k == 1)),
+            self.lang.take(self.lang_key[index] * 2 + swap),
+            self.ends.take(end_key),
         )
-        negated_of, ends = self.negated, self.ends
-        lines = []
-        for i, k, order, negation, scores, dominant, preference, swapped, end in columns:
-            if swapped:
-                first, second, lang = self.output_2[i], self.output_1[i], self.lang_swapped[i]
-            else:
-                first, second, lang = self.output_1[i], self.output_2[i], self.lang[i]
-            one = "," if k == 1 else ""  # a 1-tuple's literal is "(x,)"
-            names = ", ".join([self.dim[j] for j in order[:k]]) + one
-            negated = negated_of.get(negation)
-            if negated is None:
-                negated = negated_of[negation] = _negation_literal(negation, d)
-            # Python's float repr, as str(tuple(scores)) writes it (no character JSON escapes).
-            values = ", ".join(map(repr, scores[:k])) + one
-            lines.append(
-                f'{self.head[i]}"output_1": {first}, "output_2": {second}, '
-                f'"preference": {preference}, "dimensions": "({names})", '
-                f'"negative_definitions": "{negated}", "dimension_scores": "({values})", '
-                f'"doinate_dimension_idx": {dominant}, "lang": {lang}, {ends[end]}'
-            )
-        return lines
+
+    def _names(self, order: np.ndarray, active: np.ndarray, k: np.ndarray) -> pa.Array:
+        """The dimensions literal's inside ("'A', 'B'") of each row's first k shuffled names."""
+        return _joined(self.dim.take(order[active]), k)
+
+    def _negated(self, keys: np.ndarray) -> pa.Array:
+        """From the names' end to the scores' start, with each row's negative_definitions."""
+        unique, inverse = np.unique(keys, return_inverse=True)
+        table = []
+        for key in unique.tolist():
+            text = self.negated.get(key)
+            if text is None:
+                one = "," if key >> self.d == 1 else ""  # a 1-tuple's literal is "(x,)"
+                literal = _negation_literal(key, self.d)
+                text = self.negated[key] = (
+                    f'{one})", "negative_definitions": "{literal}", "dimension_scores": "('
+                )
+            table.append(text)
+        return pa.array(table, STRING).take(inverse.reshape(-1))
+
+    def _scores(self, scores: np.ndarray, active: np.ndarray, k: np.ndarray) -> pa.Array:
+        """Each row's first k scores as str(tuple(scores)) shows them, without the brackets."""
+        return _joined(float_reprs(scores[active]), k)  # row by row, shuffled position order
+
+
+def _joined(values: pa.Array, k: np.ndarray) -> pa.Array:
+    """ ", ".join of each row's values: row i has the next k[i] of `values`."""
+    offsets = np.zeros(k.size + 1, np.int64)
+    np.cumsum(k, out=offsets[1:])
+    listed = pa.LargeListArray.from_arrays(pa.array(offsets), values)
+    return pc.binary_join(listed, _literal(", "))
 
 
 def _negation_literal(key: int, d: int) -> str:

@@ -27,9 +27,10 @@ from salmon_wf.stages.aggregate.render import Renderer
 from salmon_wf.stages.aggregate.settings import Settings, resolve_dimensions
 from salmon_wf.stages.aggregate.stats import PassCounts, pass_counts, report
 from salmon_wf.stages.aggregate.tables import kept_pairs, read_candidates, read_scores
+from salmon_wf.stages.aggregate.texts import contains
 from salmon_wf.stages.aggregate.write import PreferenceFiles, preference_files
 
-CHUNK = 1 << 13  # examples rendered and written at a time (bounds memory, not the output)
+CHUNK = 1 << 15  # examples rendered and written at a time (bounds memory, not the output)
 
 
 @dataclass
@@ -84,9 +85,8 @@ def prepare(
         n = len(pairs.ids)
         z, variance = normalise(pairs.s12, pairs.s21)
         phrase = settings.ai_phrase
-        outputs = zip(pairs.output_1, pairs.output_2, strict=True)
-        has_phrase = np.array([[phrase in a, phrase in b] for a, b in outputs], dtype=bool)
-        has_phrase = has_phrase.reshape(n, 2)
+        has_phrase = np.stack([contains(pairs.output_1, phrase), contains(pairs.output_2, phrase)])
+        has_phrase = has_phrase.T.reshape(n, 2)
         renderer = Renderer(pairs, dims)
         read = pairs.counts
         del pairs  # the renderer holds the encoded texts
@@ -120,7 +120,8 @@ def write_passes(
         counts.append(pass_counts(draws, out, settings.max_principles))
         rows = np.flatnonzero(out.keep)
         for start in range(0, rows.size, CHUNK):
-            files.write(prepared.renderer.lines(rows[start : start + CHUNK], draws, out))
+            index = rows[start : start + CHUNK]
+            files.write_jsonl(prepared.renderer.jsonl(index, draws, out), index.size)
             kill_point("aggregate.chunk")  # a test hook (killpoint.py); nothing when unset
         progress.step(f"pass {number + 1} of {settings.passes}: {rows.size} examples")
     return counts

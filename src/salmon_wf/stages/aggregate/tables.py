@@ -101,14 +101,33 @@ def _first_duplicate(ids: pa.Array) -> str | None:
 
 @dataclass
 class Candidates:
-    """The pair stage's pairs (pairs.jsonl) in file order, texts as Python strings."""
+    """The pair stage's pairs (pairs.jsonl) in file order; the texts as Arrow arrays.
+
+    `instruction`, `output_1` and `output_2` give a text column as Python strings, made on
+    first use (for the language identification); the rendering reads the Arrow columns.
+    """
 
     ids: pa.Array
-    instruction: list[str]
-    input: list[str]
-    output_1: list[str]
-    output_2: list[str]
+    texts: dict[str, pa.Array]  # instruction, input, output_1, output_2
     counts: dict[str, Any]
+    _lists: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def column(self, name: str) -> list[str]:
+        if name not in self._lists:
+            self._lists[name] = self.texts[name].to_pylist()
+        return self._lists[name]
+
+    @property
+    def instruction(self) -> list[str]:
+        return self.column("instruction")
+
+    @property
+    def output_1(self) -> list[str]:
+        return self.column("output_1")
+
+    @property
+    def output_2(self) -> list[str]:
+        return self.column("output_2")
 
 
 def read_candidates(pairs: Path, summary: Path | None) -> Candidates:
@@ -126,13 +145,10 @@ def read_candidates(pairs: Path, summary: Path | None) -> Candidates:
     if summary is not None:
         before = pairing_drops(summary, table.num_rows, pairs)
     ids = table.column("id").combine_chunks()
-    columns = [table.column(name) for name in ("instruction", "input", "output_1", "output_2")]
+    texts = {name: table.column(name).combine_chunks() for name in _TEXT[1:]}
     del table
-    texts = []
-    for _ in range(len(columns)):  # each column's Arrow buffers go as its strings arrive
-        texts.append(columns.pop(0).to_pylist())
-        pa.default_memory_pool().release_unused()  # hand Arrow's freed buffers back to the OS
-    return Candidates(ids, *texts, counts={"pairs": len(ids), "dropped_before_judging": before})
+    pa.default_memory_pool().release_unused()  # hand the parsed batches back to the OS
+    return Candidates(ids, texts, counts={"pairs": len(ids), "dropped_before_judging": before})
 
 
 def pairing_drops(summary: Path, n_pairs: int, pairs: Path) -> dict[str, int]:
@@ -221,13 +237,16 @@ def read_scores(
 
 @dataclass
 class Pairs:
-    """Kept pairs in pairs.jsonl order, with their (s12, s21) per used dimension."""
+    """Kept pairs in pairs.jsonl order, with their (s12, s21) per used dimension.
 
-    ids: list[str]
-    instruction: list[str]
-    input: list[str]
-    output_1: list[str]
-    output_2: list[str]
+    The texts are Arrow string arrays (or lists of str: the renderer takes either).
+    """
+
+    ids: pa.Array | list[str]
+    instruction: pa.Array | list[str]
+    input: pa.Array | list[str]
+    output_1: pa.Array | list[str]
+    output_2: pa.Array | list[str]
     s12: np.ndarray  # (N, D) float64
     s21: np.ndarray
     counts: dict[str, Any] = field(default_factory=dict)
@@ -246,15 +265,8 @@ def kept_pairs(runs: Candidates, scores: Scores) -> Pairs:
     counts = {"pairs": runs.counts["pairs"]} | scores.counts
     counts["pairs_dropped"] = before | scores.counts["pairs_dropped"]
     kept = scores.kept
-    if kept.all():
-        ids = runs.ids.to_pylist()
-        texts = (runs.instruction, runs.input, runs.output_1, runs.output_2)
-    else:
-        rows = np.flatnonzero(kept)
-        ids = runs.ids.take(pa.array(rows)).to_pylist()
-        pick = rows.tolist()
-        texts = tuple(
-            [column[i] for i in pick]
-            for column in (runs.instruction, runs.input, runs.output_1, runs.output_2)
-        )
-    return Pairs(ids, *texts, s12=scores.s12[kept], s21=scores.s21[kept], counts=counts)
+    columns = [runs.ids, *(runs.texts[name] for name in _TEXT[1:])]
+    if not kept.all():
+        rows = pa.array(np.flatnonzero(kept))
+        columns = [column.take(rows) for column in columns]
+    return Pairs(*columns, s12=scores.s12[kept], s21=scores.s21[kept], counts=counts)

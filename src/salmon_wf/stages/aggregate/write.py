@@ -1,9 +1,10 @@
 """Writing preferences.json (a JSON list, one record a line) and its JSONL copy, streamed.
 
-Each batch of lines is UTF-8 encoded once, as JSONL bytes; the list's bytes are the same with
-every line break but the last turned into ",\n" (a JSON line holds no raw line break). A writer
-thread does the file writes (they release the GIL) while the next batch is rendered. Both files
-are the one writer's (data/atomic.py): they appear only when complete.
+Each batch of lines comes as JSONL bytes (the renderer's Arrow buffer); the list's bytes are the
+same with every line break but the last turned into ",\n" (a JSON line holds no raw line break).
+A writer thread makes the list's bytes and does the file writes (they release the GIL) while the
+next batch is rendered. Both files are the one writer's (data/atomic.py): they appear only when
+complete.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import pyarrow as pa
+
 from salmon_wf.data.atomic import atomic_file
+
+Data = bytes | pa.Buffer  # what the writer writes: bytes, or an Arrow buffer as it is
 
 
 class PreferenceFiles:
@@ -26,14 +31,19 @@ class PreferenceFiles:
         self.count = 0
 
     def write(self, lines: list[str]) -> None:
-        if not lines:
+        """Append JSON lines (without their line breaks)."""
+        if lines:
+            self.write_jsonl(("\n".join(lines) + "\n").encode("utf-8"), len(lines))
+
+    def write_jsonl(self, chunk: bytes | pa.Buffer, count: int) -> None:
+        """Append `count` lines given as JSONL bytes (each line ending in a line break)."""
+        if not count:
             return
-        chunk = ("\n".join(lines) + "\n").encode("utf-8")
         lead = b"\n" if self.count == 0 else b",\n"
-        self.writer.put(self.as_list, lead + chunk[:-1].replace(b"\n", b",\n"))
+        self.writer.put(self.as_list, chunk, list_lead=lead)
         if self.as_lines is not None:
             self.writer.put(self.as_lines, chunk)
-        self.count += len(lines)
+        self.count += count
 
 
 @contextlib.contextmanager
@@ -48,10 +58,14 @@ def preference_files(json_path: Path, jsonl_path: Path | None) -> Iterator[Prefe
 
 
 class _Writer:
-    """A thread writing (handle, bytes) items in order; a write error is raised in the caller."""
+    """A thread writing (handle, bytes) items in order; a write error is raised in the caller.
+
+    An item with a `list_lead` is JSONL turned into list items by the thread (the lead, then
+    every line break but the last as ",\\n"), so the main thread renders meanwhile.
+    """
 
     def __init__(self, depth: int = 4) -> None:
-        self.items: queue.Queue[tuple[BinaryIO, bytes] | None] = queue.Queue(depth)
+        self.items: queue.Queue[tuple[BinaryIO, Data, bytes | None] | None] = queue.Queue(depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="aggregate-writer", daemon=True)
 
@@ -59,14 +73,17 @@ class _Writer:
         while (item := self.items.get()) is not None:
             if self.error is None:
                 try:
-                    item[0].write(item[1])
+                    handle, data, lead = item
+                    if lead is not None:
+                        data = lead + bytes(memoryview(data)[:-1]).replace(b"\n", b",\n")
+                    handle.write(data)
                 except BaseException as exc:
                     self.error = exc
 
-    def put(self, handle: BinaryIO, data: bytes) -> None:
+    def put(self, handle: BinaryIO, data: Data, list_lead: bytes | None = None) -> None:
         if self.error is not None:
             raise self.error
-        self.items.put((handle, data))
+        self.items.put((handle, data, list_lead))
 
     def __enter__(self) -> _Writer:
         self.thread.start()

@@ -1,0 +1,128 @@
+"""The vectorised rendering's literals and lines against the Python calls they stand for."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+
+import numpy as np
+import pyarrow as pa
+
+from salmon_wf.stages.aggregate.maths import decide, draw
+from salmon_wf.stages.aggregate.render import Renderer
+from salmon_wf.stages.aggregate.settings import Settings
+from salmon_wf.stages.aggregate.tables import Pairs
+from salmon_wf.stages.aggregate.texts import contains, float_reprs, json_strings, strings
+
+ODD_TEXTS = [
+    "",
+    "plain",
+    'quote " and backslash \\ and slash /',
+    "lines\nand\r\ntabs\t",
+    "\b\f",
+    "".join(chr(c) for c in range(32)),  # every control character
+    "\x7f \u2028 \u2029 é ß 中文 \U0001f600",  # not escaped with ensure_ascii=False
+    '\\"\\n',  # escapes already written out
+    "\x00",
+    "ends with a control \x1f",
+]
+
+
+def test_json_strings_are_encode_basestring() -> None:
+    texts = [*ODD_TEXTS, "As an AI language model, " * 3, "x" * 5000]
+    got = json_strings(strings(texts)).to_pylist()
+    assert got == [encode_basestring(t) for t in texts]
+    assert got == [json.dumps(t, ensure_ascii=False) for t in texts]
+    assert json_strings(strings(["no escapes", "here"])).to_pylist() == ['"no escapes"', '"here"']
+    assert json_strings(strings([])).to_pylist() == []
+
+
+def test_float_reprs_are_pythons_repr() -> None:
+    edge = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        1e-4,
+        9.999999999999999e-05,
+        1e-5,
+        -1e-05,
+        1e16,
+        9999999999999998.0,
+    ]
+    edge += [1e15, 123456789012345.6, 0.1, 2 / 3, -4 / 3, 1e22, 1.5e300, 5e-324, sys.float_info.max]
+    edge += [math.inf, -math.inf, 1234.5, 100.0, 3.0e-4, 0.00012345]
+    rng = np.random.default_rng(7)
+    wide = 10.0 ** rng.uniform(-8, 20, 20_000) * rng.choice([-1.0, 1.0], 20_000)
+    bits = rng.integers(0, 2**63, 20_000, dtype=np.uint64).view(np.float64)
+    bits = bits[np.isfinite(bits)]
+    f32 = rng.normal(0, 1, 20_000).astype(np.float32).astype(np.float64) / 3.7
+    values = np.concatenate([np.array(edge), wide, bits, f32, rng.normal(0, 2, 20_000)])
+    assert float_reprs(values).to_pylist() == [repr(v) for v in values.tolist()]
+    assert float_reprs(np.array([2.5, 0.5])).to_pylist() == ["2.5", "0.5"]  # no sign pass
+    assert float_reprs(np.array([])).to_pylist() == []
+
+
+def test_contains_is_a_plain_substring_test() -> None:
+    texts = ["As an AI language model, no", "as an ai", "x (a.*) y", ""]
+    assert contains(texts, "As an AI").tolist() == [True, False, False, False]
+    assert contains(pa.array(texts), "(a.*)").tolist() == [False, False, True, False]
+
+
+def test_lines_are_json_dumps_of_odd_records() -> None:
+    """Every line equals json.dumps of its record, for texts that need every kind of escape."""
+    n = len(ODD_TEXTS)
+    dims = ("Concise", "Honest 'and' \"Quoted\"", "Ethical\\", "Specific")
+    ids = [f"id-{i}\n" if i % 3 == 0 else f"id-{i}" for i in range(n)]
+    output_1, output_2 = ODD_TEXTS[3:] + ODD_TEXTS[:3], ODD_TEXTS[5:] + ODD_TEXTS[:5]
+    pairs = Pairs(
+        pa.array(ids),
+        ODD_TEXTS,
+        ODD_TEXTS[::-1],
+        pa.array(output_1),  # Arrow arrays or lists
+        output_2,
+        np.zeros((n, 4)),
+        np.zeros((n, 4)),
+    )
+    renderer = Renderer(pairs, dims)
+    codes = [("en", "de" if i % 2 else "en", 'f"r') for i in range(n)]
+    renderer.set_languages(codes)
+    settings = Settings(geometric_p=0.3)
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 1, (n, 4)) * (rng.random((n, 4)) < 0.7)
+    z[0, :] = 0.0
+    z[1, 0] = 1e-7
+    for _ in range(20):
+        d = draw(rng, n, 4, settings)
+        out = decide(z, d, np.zeros((n, 2), bool), None, settings)
+        index = np.flatnonzero(out.keep)[::-1]
+        lines = renderer.lines(index, d, out)
+        assert renderer.jsonl(index, d, out).to_pybytes() == "".join(
+            line + "\n" for line in lines
+        ).encode("utf-8")
+        for line, i in zip(lines, index.tolist(), strict=True):
+            k, swap = int(out.k[i]), bool(d.swap[i])
+            first, second = (output_2, output_1) if swap else (output_1, output_2)
+            lang = [codes[i][0], codes[i][2], codes[i][1]] if swap else list(codes[i])
+            record = {
+                "id": ids[i],
+                "instruction": ODD_TEXTS[i],
+                "input": ODD_TEXTS[::-1][i],
+                "output_1": first[i],
+                "output_2": second[i],
+                "preference": int(out.preference[i]),
+                "dimensions": str(tuple(dims[j] for j in d.order[i][:k])),
+                "negative_definitions": str(tuple(int(b) for b in d.negate[i][:k])),
+                "dimension_scores": str(tuple(out.scores[i][:k].tolist())),
+                "doinate_dimension_idx": int(out.dominant[i]),
+                "lang": lang,
+                "flip": bool(out.noise_flip[i]),
+                "rule_flag": bool(out.rule[i] > 0),
+                "swapped": swap,
+                "rule": ("none", "ai_language_model", "language")[int(out.rule[i])],
+            }
+            assert line == json.dumps(record, ensure_ascii=False)
+    assert renderer.lines(np.array([], np.int64), d, out) == []
+    assert renderer.jsonl(np.array([], np.int64), d, out).to_pybytes() == b""
