@@ -9,13 +9,16 @@ identifier reads is distinct (as in real data). About 3% of responses start with
 language model" and about 3% of texts are German-like, so both rules fire. Scores are
 correlated logits, so most (s12, s21) agree in sign.
 
-The stage runs as a subprocess, as the workflow's rule runs it (--workers 2). Time is wall
-clock; memory is the larger of the peak summed RSS of the stage and its language-identification
-worker processes (sampled every 20 ms) and the stage process's maximum RSS (GNU time's %M).
+The stage runs as a subprocess, as the workflow's rules run it (--workers 2): first `salmon-wf
+languages` (rule `languages`, timed on its own: `languages_s`; in the workflow it runs while the
+judge jobs do), then `salmon-wf aggregate --languages` on its file. Time is wall clock; memory is
+the larger of the aggregate's peak summed RSS (with any worker processes, sampled every 20 ms)
+and its process's maximum RSS (GNU time's %M).
 
 The time target is a ratio to this machine's I/O floor for the same bytes, measured right after
-each stage run: `cat` of the stage's inputs to /dev/null plus a `dd` of as many bytes as the stage
-wrote to one file in its output directory (conv=fsync: the stage fsyncs its outputs too).
+each aggregate run: `cat` of its inputs (the languages file included) to /dev/null plus a `dd`
+of as many bytes as it wrote to one file in its output directory (conv=fsync: the stage fsyncs
+its outputs too).
 """
 
 from __future__ import annotations
@@ -124,10 +127,29 @@ def generate(
     return paths
 
 
+def identify_languages(directory: Path, paths: dict[str, Path]) -> float:
+    """`salmon-wf languages` as its rule runs it (--workers 2); adds paths["languages"].
+
+    Returns its wall seconds. The file is synced after the clock stops (the generator's
+    writeback is not the aggregation's to pay for either).
+    """
+    paths["languages"] = directory / "pairs.languages.jsonl"
+    argv = [sys.executable, "-m", "salmon_wf.cli", "languages", "--pairs", str(paths["pairs"])]
+    argv += ["--output", str(paths["languages"]), "--workers", "2"]
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"languages failed ({done.returncode}):\n{done.stdout[-3000:]}")
+    os.sync()
+    return seconds
+
+
 def stage_args(out: Path, paths: dict[str, Path]) -> list[str]:
     """`aggregate` and its arguments, as the workflow's rule passes them (--workers 2)."""
     out.mkdir(exist_ok=True)
     argv = ["aggregate", "--pairs", str(paths["pairs"]), "--pairs-summary", str(paths["summary"])]
+    argv += ["--languages", str(paths["languages"])]
     argv += ["--judgments", str(paths["judgments"]), "--principles", str(PRINCIPLES)]
     argv += ["--output", str(out / "preferences.json")]
     argv += ["--output-jsonl", str(out / "preferences.jsonl")]
@@ -135,7 +157,7 @@ def stage_args(out: Path, paths: dict[str, Path]) -> list[str]:
 
 
 def profile(directory: Path, paths: dict[str, Path]) -> dict:
-    """Where the stage's time goes (cProfile of the main process; langid workers run apart)."""
+    """Where the aggregate's time goes (cProfile of its process; languages read from file)."""
     out, prof = directory / "out", directory / "aggregate.prof"
     argv = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "salmon_wf.cli"]
     subprocess.run([*argv, *stage_args(out, paths)], cwd=ROOT, capture_output=True, check=True)
@@ -242,14 +264,17 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
             paths = generate(directory, pairs)
             os.sync()  # the generator's writeback is not the stage's to pay for
             made = time.perf_counter() - begin
+            log(f"aggregate: running the stages on {pairs:,} pairs (generated in {made:.0f} s)")
+            languages_s = identify_languages(directory, paths)
             input_bytes = {name: p.stat().st_size for name, p in paths.items()}
-            log(f"aggregate: running the stage on {pairs:,} pairs (generated in {made:.0f} s)")
-            point = {"pairs": pairs, "input_bytes": input_bytes} | measure(directory, paths)
+            point = {"pairs": pairs, "input_bytes": input_bytes, "languages_s": languages_s}
+            point |= measure(directory, paths)
             point["floor"] = io_floor(directory, paths, point["output_bytes"])
             point["floor_s"] = point["floor"]["floor_s"]
             point["ratio_to_floor"] = point["seconds"] / point["floor_s"]
             log(
-                f"aggregate: {pairs:,} pairs: {point['seconds']:.1f} s, floor "
+                f"aggregate: {pairs:,} pairs: languages {languages_s:.1f} s, then aggregate "
+                f"{point['seconds']:.1f} s, floor "
                 f"{point['floor_s']:.1f} s (read {point['floor']['read_s']:.1f} s, write "
                 f"{point['floor']['write_s']:.1f} s)"
             )
@@ -259,30 +284,37 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
             else:
                 for p in paths.values():
                     p.unlink()
-        keys = ("seconds", "peak_rss_gb", "floor_s")
+        keys = ("seconds", "peak_rss_gb", "floor_s", "languages_s")
         line = {key: at_1m(points[:2], key) for key in keys}
         details["line_through_25k_100k_at_1m"] = line
         if quick:
             seconds, memory, floor = line["seconds"], line["peak_rss_gb"], line["floor_s"]
+            details["languages_s"] = line["languages_s"]
             note = (
                 f"EXTRAPOLATED to 1M (line through 25k and 100k): {seconds:.1f} s vs a floor of "
-                f"{floor:.1f} s; measured at 100k: {points[1]['seconds']:.1f} s, floor "
-                f"{points[1]['floor_s']:.1f} s, {points[1]['peak_rss_gb']:.2f} GB"
+                f"{floor:.1f} s, after languages {line['languages_s']:.1f} s (its own job); "
+                f"measured at 100k: {points[1]['seconds']:.1f} s, floor "
+                f"{points[1]['floor_s']:.1f} s, {points[1]['peak_rss_gb']:.2f} GB, languages "
+                f"{points[1]['languages_s']:.1f} s"
             )
         else:
             seconds, memory, floor = (points[2][k] for k in ("seconds", "peak_rss_gb", "floor_s"))
+            details["languages_s"] = points[2]["languages_s"]
             io = points[2]["floor"]
             note = (
                 f"measured at 1M pairs: {seconds:.1f} s vs a floor of {floor:.1f} s (read "
-                f"{io['read_s']:.1f} s + write {io['write_s']:.1f} s)"
+                f"{io['read_s']:.1f} s + write {io['write_s']:.1f} s), after languages "
+                f"{points[2]['languages_s']:.1f} s (its own job)"
             )
             directory = Path(tmp) / "long"
             directory.mkdir()
             log(f"aggregate: {PROFILE_PAIRS:,} pairs with 4x longer responses (64-384 words)")
             paths = generate(directory, PROFILE_PAIRS, response_words=(64, 384))
             os.sync()
+            languages_s = identify_languages(directory, paths)
             input_bytes = {name: p.stat().st_size for name, p in paths.items()}
             details["long_responses_100k"] = {"pairs": PROFILE_PAIRS, "input_bytes": input_bytes}
+            details["long_responses_100k"]["languages_s"] = languages_s
             details["long_responses_100k"] |= measure(directory, paths)
             for p in paths.values():
                 p.unlink()

@@ -16,6 +16,7 @@ import yaml
 
 from salmon_wf import config as C
 from salmon_wf.cli import build_parser
+from salmon_wf.data.langid import DEFAULT_MAX_CHARS
 from salmon_wf.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,11 +39,13 @@ REQUIRED = {
         "o",
     ],
     "aggregate": ["--pairs", "p", "--judgments", "j", "--principles", "x", "--output", "o"],
+    "languages": ["--pairs", "p", "--output", "o"],
     "generate": ["--model", "m", "--prompt", "hi"],
     "gather": ["--prompts", "p", "--shards", "s", "--output", "o"],
 }
 # The model flags are every model-running command's: checked on sample's and judge's parsers.
-PARSERS = {"model": ("sample", "judge")}
+# The language-id flags are the languages command's, passed to aggregate too (its stats).
+PARSERS = {"model": ("sample", "judge"), "languages": ("languages", "aggregate")}
 
 # The only flag defaults that are not the schema's, and why.
 NOT_IN_SCHEMA = {
@@ -98,8 +101,8 @@ OTHER_VALUES: dict[str, dict[str, Any]] = {
         "noise": 0.0,
         "rule_noise": 0.5,
         "language_rule": False,
-        "langid_model": "lid.176.bin",
     },
+    "languages": {"langid_model": "lid.176.bin", "langid_max_chars": 30},
     "model": {"dtype": "bf16", "device": "cpu", "max_seq_len": 64, "threads": 3},
     "generate": {
         "temperature": 0.0,
@@ -245,7 +248,9 @@ def test_every_key_is_a_flag_of_one_command_or_the_workflows() -> None:
                 assert spec["default"] is None, dotted
 
 
-@pytest.mark.parametrize("command", ["clean-prompts", "sample", "pair", "judge", "aggregate"])
+@pytest.mark.parametrize(
+    "command", ["clean-prompts", "sample", "pair", "judge", "aggregate", "languages"]
+)
 def test_flag_defaults_are_the_schemas_key_by_key(command: str) -> None:
     args = vars(parse(command))
     name, keys = C.COMMANDS[command]
@@ -290,9 +295,9 @@ def test_settings_dataclasses_default_to_the_schema() -> None:
             assert plain(f.default) == prompts[f.name], f.name
     aggregate = C.defaults("aggregate")
     for f in fields(Settings):
-        if f.name != "langid_max_chars":  # a flag only (no config key)
-            assert plain(f.default) == aggregate[f.name], f.name
-    assert set(aggregate) <= {f.name for f in fields(Settings)}
+        assert plain(f.default) == aggregate[f.name], f.name
+    assert set(aggregate) == {f.name for f in fields(Settings)}
+    assert Settings().langid_max_chars == DEFAULT_MAX_CHARS  # data/langid.py's own default
 
 
 def test_gather_takes_no_setting() -> None:

@@ -44,6 +44,7 @@ def test_states_counts_and_eta_from_the_partial_files_rate(tmp_path: Path) -> No
         "  shard-1-of-3  partial      2/3 prompts  (0.03/s, eta 40s, last write 20s ago)",
         "  shard-2-of-3  not started  0/3 prompts",
         "judge: not started",
+        "languages: not started",
         "aggregate: not started",
     ]
 
@@ -130,4 +131,4 @@ def test_status_of_a_killed_smoke_run_matches_its_files(tmp_path: Path) -> None:
             assert "/s, eta " in line and "last write" in line
         else:
             assert line.endswith(f"not started  0/{total} prompts")
-    assert out[-2:] == ["judge: not started", "aggregate: not started"]
+    assert out[-3:] == ["judge: not started", "languages: not started", "aggregate: not started"]

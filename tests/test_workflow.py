@@ -75,7 +75,10 @@ def test_every_output_has_the_right_counts_and_schema(done_run: Path) -> None:
     assert stats["pairs"] == len(pairs)
     for reason, count in pair_counts["dropped"].items():  # the pair stage's reasons, kept
         assert stats["pairs_dropped"][reason] == count
-    for rule in ("clean_prompts", "pair_responses", "aggregate"):
+    codes = [json.loads(line) for line in (results / "pairs.languages.jsonl").open()]
+    assert [c["id"] for c in codes] == [p["id"] for p in pairs]
+    assert all(list(c) == ["id", "instruction", "output_1", "output_2"] for c in codes)
+    for rule in ("clean_prompts", "pair_responses", "languages", "aggregate"):
         assert (done_run / "logs" / f"{rule}.log").exists()
         assert (done_run / "benchmarks" / f"{rule}.tsv").exists()
 
@@ -137,7 +140,8 @@ def test_dry_run_after_a_complete_run_has_nothing_to_do(done_run: Path) -> None:
 
 def test_rulegraph_renders_every_stage(done_run: Path) -> None:
     graph = snakemake(done_run, "--rulegraph")
-    for rule in ("clean_prompts", "sample_shard", "gather_responses", "judge_shard", "aggregate"):
+    stages = ("clean_prompts", "sample_shard", "gather_responses", "judge_shard", "languages")
+    for rule in (*stages, "aggregate"):
         assert rule in graph
     assert "ledger" in graph
     assert graph.lstrip().startswith("digraph") or "digraph" in graph
@@ -150,6 +154,7 @@ def test_sampling_parameter_of_one_run_reruns_that_run_judge_and_aggregate(done_
         gather_responses=1,
         fingerprint=3,  # response0's, the pairs' and the judge's stamps
         pair_responses=1,
+        languages=1,  # the new pairs' texts
         judge_shard=2,
         gather_judgments=1,
         aggregate=1,
@@ -187,6 +192,7 @@ def test_model_mp_change_resamples_and_everything_after_reads_the_new_responses(
     """model.mp rewrites the checkpoint and resamples (another MP can flip a near-tie token), so
     the pairs and the judge follow, whether judge.mp follows model.mp or is pinned."""
     sampling = Counter(prepare_model=1, sample_shard=4, gather_responses=2, pair_responses=1)
+    sampling["languages"] = 1  # of the new pairs
     write_config(done_run, **{"model.mp": 2})
     judging = Counter(judge_shard=2, gather_judgments=1, aggregate=1, ledger=1, report_figures=1)
     # the stamps of both runs, the pairs' and the judge's (its shape follows model.mp)
@@ -196,8 +202,16 @@ def test_model_mp_change_resamples_and_everything_after_reads_the_new_responses(
 
 
 def test_aggregation_parameter_reruns_aggregate_only(done_run: Path) -> None:
-    write_config(done_run, **{"aggregate.seed": 7})
-    assert planned_jobs(done_run) == Counter(aggregate=1, ledger=1, report_figures=1)
+    """Not the language identification: it depends on the texts and langid settings only."""
+    for change in ({"aggregate.seed": 7}, {"aggregate.noise": 0.5, "aggregate.passes": 2}):
+        write_config(done_run, **change)
+        assert planned_jobs(done_run) == Counter(aggregate=1, ledger=1, report_figures=1)
+
+
+def test_langid_setting_reruns_languages_and_aggregate(done_run: Path) -> None:
+    write_config(done_run, **{"aggregate.langid_max_chars": 60})
+    expected = Counter(languages=1, aggregate=1, ledger=1, report_figures=1)
+    assert planned_jobs(done_run) == expected
 
 
 def test_shard_count_of_one_run_reruns_only_its_sampling_with_same_bytes(done_run: Path):

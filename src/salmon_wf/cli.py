@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "gather": "salmon_wf.stages.gather",
     "pair": "salmon_wf.stages.pair",
     "judge": "salmon_wf.stages.judge",
+    "languages": "salmon_wf.stages.languages",
     "aggregate": "salmon_wf.stages.aggregate.cli",
     "ledger": "salmon_wf.stages.ledger",
     "calibrate": "salmon_wf.stages.calibrate.cli",

@@ -52,9 +52,13 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
         "aggregate",
         (
             *("seed", "dimensions", "passes", "geometric_p", "max_principles", "negation_prob"),
-            *("ai_rule_prob", "ai_phrase", "noise", "rule_noise", "language_rule", "langid_model"),
+            *("ai_rule_prob", "ai_phrase", "noise", "rule_noise", "language_rule"),
         ),
     ),
+    # The languages of the pairs' texts (salmon-wf languages, pairs.languages.jsonl): only what
+    # the codes depend on, so an aggregation setting does not rerun it. The aggregate rule
+    # passes the same flags (its stats record them).
+    "languages": ("aggregate", ("langid_model", "langid_max_chars")),
     # The calibration's pair choice (salmon-wf calibrate pairs).
     "calibrate-pairs": (
         "calibrate",

