@@ -5,6 +5,8 @@ the rest is one module per job, in the order the data flows:
 
 - tables.py: reading pairs.jsonl, pairs.summary.json and judgments.jsonl, joined by id
 - languages.py: the languages of every pair's instruction and outputs, by name
+- language_file.py: pairs.languages.jsonl, those languages as a file (`salmon-wf languages`,
+  stages/languages.py, writes it; with --languages the aggregation reads it)
 - maths.py: SALMON's maths, pure numpy: normalise, draw, decide
 - render.py: each written example's JSON line
 - write.py: preferences.json and its JSONL copy, streamed by a writer thread
