@@ -103,7 +103,9 @@ class PrefixScorer:
         for first in range(0, len(nodes), self.max_rows):
             chunk = nodes[first : first + self.max_rows]
             width = max(len(n.edge) for n in chunk)
-            work = KVCache.allocate(model, len(chunk), length + width)
+            # Every position a row reads is written first (the parent's copied, the rest by the
+            # forward, padding included), so the cache needs no zeroing.
+            work = KVCache.allocate(model, len(chunk), length + width, zeroed=False)
             rows = torch.arange(len(chunk), device=device)
             if parent is not None:
                 work.copy_rows(parent, torch.zeros_like(rows), rows, length)
@@ -121,6 +123,6 @@ class PrefixScorer:
             for r, node in enumerate(chunk):
                 if node.children:
                     end = length + len(node.edge)
-                    own = KVCache.allocate(model, 1, end)
+                    own = KVCache.allocate(model, 1, end, zeroed=False)  # all copied
                     own.copy_rows(work, rows[r : r + 1], torch.zeros_like(rows[:1]), end)
                     self._run_children(node.children, own, end, ids, out)

@@ -130,15 +130,23 @@ class KVCache:
 
     @classmethod
     def allocate(
-        cls, model: Transformer, rows: int, max_len: int, device: torch.device | None = None
+        cls,
+        model: Transformer,
+        rows: int,
+        max_len: int,
+        device: torch.device | None = None,
+        zeroed: bool = True,
     ) -> KVCache:
+        """zeroed=False: uninitialised memory, for a caller that writes every position it reads
+        before reading it (a masked position must hold a finite value: 0 x NaN is NaN)."""
         shape = (rows, model.local_kv_heads, max_len, model.args.head_dim)
         dtype = model.dtype
         device = device or model.device
+        new = torch.zeros if zeroed else torch.empty
         n = model.args.n_layers
         return cls(
-            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
-            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            keys=[new(shape, dtype=dtype, device=device) for _ in range(n)],
+            values=[new(shape, dtype=dtype, device=device) for _ in range(n)],
         )
 
     @property
@@ -164,7 +172,9 @@ class _Step:
     cache_rows: torch.Tensor | None  # [B] cache row of each batch row
     rows_are_prefix: bool  # cache rows are 0..B-1 (a view of the cache, no gather)
     length: int = 0  # cache positions attention reads
-    visible: torch.Tensor | None = None  # [B, 1, T, length] causal mask over the cache
+    # [B, 1, T, length] causal mask over the cache, additive (0 / -inf) in the model's dtype:
+    # SDPA would otherwise convert a boolean mask in each of the layers (same result, slower).
+    visible: torch.Tensor | None = None
 
 
 def _column(layer: ColumnParallelLinear, x: torch.Tensor) -> torch.Tensor:
@@ -357,7 +367,9 @@ class Transformer(nn.Module):
         if cache is not None:
             step.length = int(positions.max()) + 1
             keys = torch.arange(step.length, device=device)
-            step.visible = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1)
+            hidden = (keys[None, None, :] > positions[:, :, None]).unsqueeze(1)
+            step.visible = torch.zeros(hidden.shape, dtype=self.dtype, device=device)
+            step.visible.masked_fill_(hidden, float("-inf"))
         h = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
