@@ -99,9 +99,10 @@ def test_lines_are_json_dumps_of_odd_records() -> None:
         out = decide(z, d, np.zeros((n, 2), bool), None, settings)
         index = np.flatnonzero(out.keep)[::-1]
         lines = renderer.lines(index, d, out)
-        assert renderer.jsonl(index, d, out).to_pybytes() == "".join(
-            line + "\n" for line in lines
-        ).encode("utf-8")
+        rendered = renderer.jsonl(index, d, out)
+        assert rendered.count == len(lines) == index.size
+        assert rendered.jsonl.to_pybytes() == "".join(f"{line}\n" for line in lines).encode()
+        assert rendered.items.to_pybytes() == "".join(f",\n{line}" for line in lines).encode()
         for line, i in zip(lines, index.tolist(), strict=True):
             k, swap = int(out.k[i]), bool(d.swap[i])
             first, second = (output_2, output_1) if swap else (output_1, output_2)
@@ -125,4 +126,5 @@ def test_lines_are_json_dumps_of_odd_records() -> None:
             }
             assert line == json.dumps(record, ensure_ascii=False)
     assert renderer.lines(np.array([], np.int64), d, out) == []
-    assert renderer.jsonl(np.array([], np.int64), d, out).to_pybytes() == b""
+    empty = renderer.jsonl(np.array([], np.int64), d, out)
+    assert empty.count == 0 and empty.jsonl.to_pybytes() == empty.items.to_pybytes() == b""

@@ -3,15 +3,16 @@
 A line is the concatenation of pieces, each an Arrow string array over the chunk's rows: a pair's
 texts, JSON-encoded once (texts.py), taken by row; and small tables of what takes few values (the
 preference, the dimension names, the negative_definitions literal, the record's last fields)
-taken by key. Arrow joins the pieces (outside the GIL, so the writer thread overlaps it) and the
-chunk's JSONL bytes are the joined array's data buffer. Tests check every line against
-json.dumps.
+taken by key; the texts' quotes are in the pieces around them. Arrow joins the pieces twice
+(outside the GIL, so the writer thread overlaps it): as JSONL lines and as the list's items, each
+written from the joined array's data buffer. Tests check every line against json.dumps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -19,9 +20,25 @@ import pyarrow.compute as pc
 
 from salmon_wf.stages.aggregate.maths import RULES, Decisions, Draws
 from salmon_wf.stages.aggregate.tables import Pairs
-from salmon_wf.stages.aggregate.texts import STRING, float_reprs, json_strings, strings
+from salmon_wf.stages.aggregate.texts import STRING, float_reprs, json_insides, strings
 
 _EMPTY = pa.scalar("", STRING)
+_NEWLINE = pa.scalar("\n", STRING)
+_ITEM_LEAD = pa.scalar(",\n", STRING)
+
+
+class Rendered(NamedTuple):
+    """A chunk of examples as bytes: JSONL lines, and the same led by ",\\n" each; how many."""
+
+    jsonl: pa.Buffer
+    items: pa.Buffer
+    count: int
+
+
+def _data(lines: pa.Array) -> pa.Buffer:
+    """The bytes of a string array's values, in order (its data buffer's used part)."""
+    ends = np.frombuffer(lines.buffers()[1], np.int64, len(lines) + 1, lines.offset * 8)
+    return lines.buffers()[2].slice(int(ends[0]), int(ends[-1] - ends[0]))
 
 
 def _json_bool(value: bool) -> str:
@@ -45,7 +62,7 @@ class Renderer:
 
     def __init__(self, pairs: Pairs, dims: Sequence[str]) -> None:
         ids, instruction, given, output_1, output_2 = (
-            json_strings(strings(column))
+            json_insides(strings(column))
             for column in (
                 pairs.ids,
                 pairs.instruction,
@@ -57,13 +74,13 @@ class Renderer:
         self.n = len(ids)
         self.d = len(dims)
         self.head = _join(
-            _literal('{"id": '),
+            _literal('{"id": "'),
             ids,
-            _literal(', "instruction": '),
+            _literal('", "instruction": "'),
             instruction,
-            _literal(', "input": '),
+            _literal('", "input": "'),
             given,
-            _literal(', "output_1": '),
+            _literal('", "output_1": "'),
         )
         del ids, instruction, given
         self.outputs = pa.concat_arrays([output_1, output_2])  # row i, then row n + i
@@ -71,7 +88,7 @@ class Renderer:
         # Each name's Python literal, JSON-escaped.
         self.dim = pa.array([encode_basestring(repr(d))[1:-1] for d in dims], STRING)
         self.preference = pa.array(
-            [f', "preference": {p}, "dimensions": "(' for p in (1, 2)], STRING
+            [f'", "preference": {p}, "dimensions": "(' for p in (1, 2)], STRING
         )
         # The dominant position's field and the "lang" key, by dominant * 2 + (k == 1).
         self.dominant = pa.array(
@@ -86,7 +103,7 @@ class Renderer:
         self.ends = pa.array(
             [
                 f', "flip": {_json_bool(flip)}, "rule_flag": {_json_bool(rule > 0)}, '
-                f'"swapped": {_json_bool(swapped)}, "rule": {encode_basestring(RULES[rule])}}}\n'
+                f'"swapped": {_json_bool(swapped)}, "rule": {encode_basestring(RULES[rule])}}}'
                 for flip in (False, True)
                 for rule in range(len(RULES))
                 for swapped in (False, True)
@@ -113,25 +130,31 @@ class Renderer:
 
     def lines(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[str]:
         """The lines of the examples at rows `index` of one pass, in that order (no "\\n")."""
-        return [line[:-1] for line in self.render(index, draws, out).to_pylist()]
+        index = np.asarray(index, dtype=np.int64)
+        if index.size == 0:
+            return []
+        return _join(*self.pieces(index, draws, out)).to_pylist()
 
-    def jsonl(self, index: np.ndarray, draws: Draws, out: Decisions) -> pa.Buffer:
-        """The JSONL bytes of the examples at rows `index` of one pass (each line ends "\\n")."""
-        rendered = self.render(index, draws, out)
-        offsets = rendered.buffers()[1]
-        ends = np.frombuffer(offsets, np.int64, len(rendered) + 1, rendered.offset * 8)
-        return rendered.buffers()[2].slice(int(ends[0]), int(ends[-1] - ends[0]))
+    def jsonl(self, index: np.ndarray, draws: Draws, out: Decisions) -> Rendered:
+        """The examples at rows `index` of one pass as bytes: JSONL, and the list's items.
 
-    def render(self, index: np.ndarray, draws: Draws, out: Decisions) -> pa.Array:
-        """The examples at rows `index` of one pass, each line with its "\\n".
+        The list's items are the same lines each led by ",\\n" (so the list's separators and
+        line breaks need no pass over the bytes); both are Arrow buffers, written as they are.
+        """
+        index = np.asarray(index, dtype=np.int64)
+        if index.size == 0:
+            return Rendered(pa.py_buffer(b""), pa.py_buffer(b""), 0)
+        pieces = self.pieces(index, draws, out)
+        lines = _data(_join(*pieces, _NEWLINE))
+        return Rendered(lines, _data(_join(_ITEM_LEAD, *pieces)), index.size)
+
+    def pieces(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[pa.Array]:
+        """The pieces of the lines of the examples at rows `index` (joined, the lines).
 
         What takes few values is looked up, not formatted per line: the record's end by
         (flip, rule, swap), the negative_definitions literal by (k, negation bits), the
         dimension names by their shuffled indices.
         """
-        index = np.asarray(index, dtype=np.int64)
-        if index.size == 0:
-            return pa.array([], STRING)
         k = out.k[index]
         d = self.d
         positions = np.arange(d)
@@ -140,13 +163,11 @@ class Renderer:
         negation_key = (bits * (1 << positions)).sum(axis=1) | (k << d)
         swap = draws.swap[index].astype(np.int64)
         end_key = out.noise_flip[index] * 6 + out.rule[index] * 2 + swap
-        first = self.outputs.take(index + self.n * swap)
-        second = self.outputs.take(index + self.n * (1 - swap))
-        return _join(
+        return [
             self.head.take(index),
-            first,
-            _literal(', "output_2": '),
-            second,
+            self.outputs.take(index + self.n * swap),
+            _literal('", "output_2": "'),
+            self.outputs.take(index + self.n * (1 - swap)),
             self.preference.take(out.preference[index] - 1),
             self._names(draws.order[index], active, k),
             self._negated(negation_key),
@@ -154,7 +175,7 @@ class Renderer:
             self.dominant.take(out.dominant[index] * 2 + (k == 1)),
             self.lang.take(self.lang_key[index] * 2 + swap),
             self.ends.take(end_key),
-        )
+        ]
 
     def _names(self, order: np.ndarray, active: np.ndarray, k: np.ndarray) -> pa.Array:
         """The dimensions literal's inside ("'A', 'B'") of each row's first k shuffled names."""

@@ -31,7 +31,10 @@ from salmon_wf.stages.aggregate.tables import kept_pairs, read_candidates, read_
 from salmon_wf.stages.aggregate.texts import contains
 from salmon_wf.stages.aggregate.write import PreferenceFiles, preference_files
 
-CHUNK = 1 << 15  # examples rendered and written at a time (bounds memory, not the output)
+# Examples rendered and written at a time (bounds memory, not the output). About 9 MB of
+# lines: Arrow's allocator reuses buffers of that size, while each 4x larger one is a fresh
+# mapping whose page faults cost more than the rendering (measured: 0.23 s against 0.09 s).
+CHUNK = 1 << 13
 
 
 @dataclass
@@ -128,7 +131,7 @@ def write_passes(
         rows = np.flatnonzero(out.keep)
         for start in range(0, rows.size, CHUNK):
             index = rows[start : start + CHUNK]
-            files.write_jsonl(prepared.renderer.jsonl(index, draws, out), index.size)
+            files.write_rendered(*prepared.renderer.jsonl(index, draws, out))
             kill_point("aggregate.chunk")  # a test hook (killpoint.py); nothing when unset
         progress.step(f"pass {number + 1} of {settings.passes}: {rows.size} examples")
     return counts

@@ -50,26 +50,31 @@ def _replaced(base: pa.Array, rows: np.ndarray, values: pa.Array) -> pa.Array:
 
 
 def json_strings(texts: pa.Array) -> pa.Array:
-    """encode_basestring of each text: its JSON string literal, non-ASCII kept as is.
+    """encode_basestring of each text: its JSON string literal, non-ASCII kept as is."""
+    return pc.binary_join_element_wise(_QUOTE, json_insides(texts), _QUOTE, _EMPTY)
 
-    Arrow quotes every text and replaces the short escapes in the texts that need escaping;
-    a text with a control character written as \\u00XX (rare) goes through encode_basestring.
+
+def json_insides(texts: pa.Array) -> pa.Array:
+    """encode_basestring of each text without its quotes (the renderer's pieces hold them).
+
+    Arrow replaces the short escapes in the texts that need escaping (the rest are kept as
+    they are); a text with a control character written as \\u00XX (rare) goes through
+    encode_basestring.
     """
-    quoted = pc.binary_join_element_wise(_QUOTE, texts, _QUOTE, _EMPTY)
     needs = pc.match_substring_regex(texts, _NEEDS_ESCAPE).to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(needs)
     if rows.size == 0:
-        return quoted
+        return texts
     escaped = texts.take(rows)
     for char, escape in _SHORT_ESCAPES:
         escaped = pc.replace_substring(escaped, char, escape)
-    quoted = _replaced(quoted, rows, pc.binary_join_element_wise(_QUOTE, escaped, _QUOTE, _EMPTY))
+    inside = _replaced(texts, rows, escaped)
     rare = pc.match_substring_regex(texts.take(rows), _UNICODE_ESCAPE)
     rare_rows = rows[rare.to_numpy(zero_copy_only=False)]
     if rare_rows.size:
-        exact = [encode_basestring(text) for text in texts.take(rare_rows).to_pylist()]
-        quoted = _replaced(quoted, rare_rows, pa.array(exact, STRING))
-    return quoted
+        exact = [encode_basestring(text)[1:-1] for text in texts.take(rare_rows).to_pylist()]
+        inside = _replaced(inside, rare_rows, pa.array(exact, STRING))
+    return inside
 
 
 def float_reprs(values: np.ndarray) -> pa.Array:

@@ -1,10 +1,9 @@
 """Writing preferences.json (a JSON list, one record a line) and its JSONL copy, streamed.
 
-Each batch of lines comes as JSONL bytes (the renderer's Arrow buffer); the list's bytes are the
-same with every line break but the last turned into ",\n" (a JSON line holds no raw line break).
-A writer thread makes the list's bytes and does the file writes (they release the GIL) while the
-next batch is rendered. Both files are the one writer's (data/atomic.py): they appear only when
-complete.
+Each batch of lines comes twice, as the renderer's Arrow buffers: JSONL bytes, and list items
+(each line led by ",\n"; the list's first item goes without the comma). A writer thread does the
+file writes (they release the GIL) while the next batch is rendered. Both files are the one
+writer's (data/atomic.py): they appear only when complete.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import pyarrow as pa
 
 from salmon_wf.data.atomic import atomic_file
 
-Data = bytes | pa.Buffer  # what the writer writes: bytes, or an Arrow buffer as it is
+Data = bytes | memoryview | pa.Buffer  # what the writer writes: bytes, or a buffer as it is
 
 
 class PreferenceFiles:
@@ -33,16 +32,20 @@ class PreferenceFiles:
     def write(self, lines: list[str]) -> None:
         """Append JSON lines (without their line breaks)."""
         if lines:
-            self.write_jsonl(("\n".join(lines) + "\n").encode("utf-8"), len(lines))
+            jsonl = "".join(line + "\n" for line in lines).encode("utf-8")
+            items = "".join(",\n" + line for line in lines).encode("utf-8")
+            self.write_rendered(jsonl, items, len(lines))
 
-    def write_jsonl(self, chunk: bytes | pa.Buffer, count: int) -> None:
-        """Append `count` lines given as JSONL bytes (each line ending in a line break)."""
+    def write_rendered(self, jsonl: Data, items: Data, count: int) -> None:
+        """Append `count` lines: as JSONL (each line and "\\n"), and as list items (",\\n", line).
+
+        The first item of the list goes without its comma.
+        """
         if not count:
             return
-        lead = b"\n" if self.count == 0 else b",\n"
-        self.writer.put(self.as_list, chunk, list_lead=lead)
+        self.writer.put(self.as_list, memoryview(items)[1:] if self.count == 0 else items)
         if self.as_lines is not None:
-            self.writer.put(self.as_lines, chunk)
+            self.writer.put(self.as_lines, jsonl)
         self.count += count
 
 
@@ -58,14 +61,10 @@ def preference_files(json_path: Path, jsonl_path: Path | None) -> Iterator[Prefe
 
 
 class _Writer:
-    """A thread writing (handle, bytes) items in order; a write error is raised in the caller.
-
-    An item with a `list_lead` is JSONL turned into list items by the thread (the lead, then
-    every line break but the last as ",\\n"), so the main thread renders meanwhile.
-    """
+    """A thread writing (handle, bytes) items in order; a write error is raised in the caller."""
 
     def __init__(self, depth: int = 4) -> None:
-        self.items: queue.Queue[tuple[BinaryIO, Data, bytes | None] | None] = queue.Queue(depth)
+        self.items: queue.Queue[tuple[BinaryIO, Data] | None] = queue.Queue(depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="aggregate-writer", daemon=True)
 
@@ -73,17 +72,14 @@ class _Writer:
         while (item := self.items.get()) is not None:
             if self.error is None:
                 try:
-                    handle, data, lead = item
-                    if lead is not None:
-                        data = lead + bytes(memoryview(data)[:-1]).replace(b"\n", b",\n")
-                    handle.write(data)
+                    item[0].write(item[1])
                 except BaseException as exc:
                     self.error = exc
 
-    def put(self, handle: BinaryIO, data: Data, list_lead: bytes | None = None) -> None:
+    def put(self, handle: BinaryIO, data: Data) -> None:
         if self.error is not None:
             raise self.error
-        self.items.put((handle, data, list_lead))
+        self.items.put((handle, data))
 
     def __enter__(self) -> _Writer:
         self.thread.start()
