@@ -128,3 +128,18 @@ def test_lines_are_json_dumps_of_odd_records() -> None:
     assert renderer.lines(np.array([], np.int64), d, out) == []
     empty = renderer.jsonl(np.array([], np.int64), d, out)
     assert empty.count == 0 and empty.jsonl.to_pybytes() == empty.items.to_pybytes() == b""
+
+
+def test_renderer_takes_chunked_and_empty_columns() -> None:
+    """Columns as parsed (chunked, or with no chunk at all) render as one array does."""
+    texts = ["a", 'b "q"', "c\n", "d"]
+    chunked = pa.chunked_array([pa.array(texts[:1]), pa.array(texts[1:])])
+    assert json_strings(strings(chunked)).to_pylist() == [encode_basestring(t) for t in texts]
+    assert contains(chunked, '"q"').tolist() == [False, True, False, False]
+    empty = pa.chunked_array([], pa.string())
+    pairs = Pairs(empty, empty, empty, empty, empty, np.zeros((0, 2)), np.zeros((0, 2)))
+    renderer = Renderer(pairs, ("Concise", "Honest"))
+    renderer.set_languages([])
+    d = draw(np.random.default_rng(0), 0, 2, Settings())
+    out = decide(np.zeros((0, 2)), d, np.zeros((0, 2), bool), None, Settings())
+    assert renderer.lines(np.array([], np.int64), d, out) == []

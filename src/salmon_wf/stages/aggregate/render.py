@@ -20,7 +20,14 @@ import pyarrow.compute as pc
 
 from salmon_wf.stages.aggregate.maths import RULES, Decisions, Draws
 from salmon_wf.stages.aggregate.tables import Pairs
-from salmon_wf.stages.aggregate.texts import STRING, float_reprs, json_insides, strings
+from salmon_wf.stages.aggregate.texts import (
+    STRING,
+    chunks,
+    contiguous,
+    float_reprs,
+    json_insides,
+    strings,
+)
 
 _EMPTY = pa.scalar("", STRING)
 _NEWLINE = pa.scalar("\n", STRING)
@@ -73,17 +80,19 @@ class Renderer:
         )
         self.n = len(ids)
         self.d = len(dims)
-        self.head = _join(
-            _literal('{"id": "'),
-            ids,
-            _literal('", "instruction": "'),
-            instruction,
-            _literal('", "input": "'),
-            given,
-            _literal('", "output_1": "'),
+        self.head = contiguous(
+            _join(
+                _literal('{"id": "'),
+                ids,
+                _literal('", "instruction": "'),
+                instruction,
+                _literal('", "input": "'),
+                given,
+                _literal('", "output_1": "'),
+            )
         )
         del ids, instruction, given
-        self.outputs = pa.concat_arrays([output_1, output_2])  # row i, then row n + i
+        self.outputs = pa.concat_arrays(chunks(output_1) + chunks(output_2))  # i, then n + i
         del output_1, output_2
         # Each name's Python literal, JSON-escaped.
         self.dim = pa.array([encode_basestring(repr(d))[1:-1] for d in dims], STRING)

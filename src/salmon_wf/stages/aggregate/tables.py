@@ -108,7 +108,7 @@ class Candidates:
     """
 
     ids: pa.Array
-    texts: dict[str, pa.Array]  # instruction, input, output_1, output_2
+    texts: dict[str, pa.ChunkedArray]  # instruction, input, output_1, output_2
     counts: dict[str, Any]
     _lists: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
@@ -145,9 +145,7 @@ def read_candidates(pairs: Path, summary: Path | None) -> Candidates:
     if summary is not None:
         before = pairing_drops(summary, table.num_rows, pairs)
     ids = table.column("id").combine_chunks()
-    texts = {name: table.column(name).combine_chunks() for name in _TEXT[1:]}
-    del table
-    pa.default_memory_pool().release_unused()  # hand the parsed batches back to the OS
+    texts = {name: table.column(name) for name in _TEXT[1:]}  # as parsed: copied once, later
     return Candidates(ids, texts, counts={"pairs": len(ids), "dropped_before_judging": before})
 
 
@@ -242,11 +240,11 @@ class Pairs:
     The texts are Arrow string arrays (or lists of str: the renderer takes either).
     """
 
-    ids: pa.Array | list[str]
-    instruction: pa.Array | list[str]
-    input: pa.Array | list[str]
-    output_1: pa.Array | list[str]
-    output_2: pa.Array | list[str]
+    ids: pa.Array | pa.ChunkedArray | list[str]
+    instruction: pa.Array | pa.ChunkedArray | list[str]
+    input: pa.Array | pa.ChunkedArray | list[str]
+    output_1: pa.Array | pa.ChunkedArray | list[str]
+    output_2: pa.Array | pa.ChunkedArray | list[str]
     s12: np.ndarray  # (N, D) float64
     s21: np.ndarray
     counts: dict[str, Any] = field(default_factory=dict)

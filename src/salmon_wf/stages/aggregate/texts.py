@@ -33,13 +33,30 @@ _SHORT_ESCAPES = (  # backslash first: the later replacements add backslashes
 )
 
 
-def strings(column: pa.Array | pa.ChunkedArray | Sequence[str]) -> pa.Array:
-    """A column of texts as one large_string Arrow array."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if not isinstance(column, pa.Array):
-        return pa.array(column, STRING)
-    return column.cast(STRING)
+Column = pa.Array | pa.ChunkedArray
+
+
+def strings(column: Column | Sequence[str]) -> Column:
+    """A column of texts as large_string Arrow data (a chunked column stays chunked)."""
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        return column.cast(STRING)
+    return pa.array(column, STRING)
+
+
+def contiguous(column: Column) -> pa.Array:
+    """One array of a column's values (a copy only when it is chunked)."""
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def chunks(column: Column) -> list[pa.Array]:
+    """A column's arrays, in order (one, empty, for a column without rows)."""
+    if not isinstance(column, pa.ChunkedArray):
+        return [column]
+    return column.chunks or [pa.array([], column.type)]
+
+
+def _mask(result: Column) -> np.ndarray:
+    return np.asarray(result.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _replaced(base: pa.Array, rows: np.ndarray, values: pa.Array) -> pa.Array:
@@ -49,22 +66,22 @@ def _replaced(base: pa.Array, rows: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.concat_arrays([base, values.cast(STRING)]).take(index)
 
 
-def json_strings(texts: pa.Array) -> pa.Array:
+def json_strings(texts: Column) -> Column:
     """encode_basestring of each text: its JSON string literal, non-ASCII kept as is."""
     return pc.binary_join_element_wise(_QUOTE, json_insides(texts), _QUOTE, _EMPTY)
 
 
-def json_insides(texts: pa.Array) -> pa.Array:
+def json_insides(texts: Column) -> Column:
     """encode_basestring of each text without its quotes (the renderer's pieces hold them).
 
     Arrow replaces the short escapes in the texts that need escaping (the rest are kept as
     they are); a text with a control character written as \\u00XX (rare) goes through
     encode_basestring.
     """
-    needs = pc.match_substring_regex(texts, _NEEDS_ESCAPE).to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero(needs)
+    rows = np.flatnonzero(_mask(pc.match_substring_regex(texts, _NEEDS_ESCAPE)))
     if rows.size == 0:
         return texts
+    texts = contiguous(texts)
     escaped = texts.take(rows)
     for char, escape in _SHORT_ESCAPES:
         escaped = pc.replace_substring(escaped, char, escape)
@@ -100,7 +117,6 @@ def float_reprs(values: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(_SIGNS.take(negative.astype(np.int8)), text, _EMPTY)
 
 
-def contains(texts: pa.Array | Sequence[str], phrase: str) -> np.ndarray:
+def contains(texts: Column | Sequence[str], phrase: str) -> np.ndarray:
     """(N,) bool: `phrase in text` for each text (a plain substring, not a pattern)."""
-    found = pc.match_substring(strings(texts), phrase)
-    return found.to_numpy(zero_copy_only=False).astype(bool)
+    return _mask(pc.match_substring(strings(texts), phrase))
