@@ -1,9 +1,9 @@
 """Writing preferences.json (a JSON list, one record a line) and its JSONL copy, streamed.
 
 Each batch of lines comes twice, as the renderer's Arrow buffers: JSONL bytes, and list items
-(each line led by ",\n"; the list's first item goes without the comma). A writer thread does the
-file writes (they release the GIL) while the next batch is rendered. Both files are the one
-writer's (data/atomic.py): they appear only when complete.
+(each line led by ",\n"; the list's first item goes without the comma). A writer thread per file
+does the file writes (they release the GIL) while the next batch is rendered. Both files are the
+one writer's (data/atomic.py): they appear only when complete.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ Data = bytes | memoryview | pa.Buffer  # what the writer writes: bytes, or a buf
 class PreferenceFiles:
     """The open outputs: `write(lines)` appends a batch of JSON lines to both; `count` so far."""
 
-    def __init__(self, writer: _Writer, as_list: BinaryIO, as_lines: BinaryIO | None) -> None:
-        self.writer, self.as_list, self.as_lines = writer, as_list, as_lines
+    def __init__(self, as_list: _Writer, as_lines: _Writer | None) -> None:
+        self.as_list, self.as_lines = as_list, as_lines
         self.count = 0
 
     def write(self, lines: list[str]) -> None:
@@ -43,28 +43,36 @@ class PreferenceFiles:
         """
         if not count:
             return
-        self.writer.put(self.as_list, memoryview(items)[1:] if self.count == 0 else items)
+        self.as_list.put(memoryview(items)[1:] if self.count == 0 else items)
         if self.as_lines is not None:
-            self.writer.put(self.as_lines, jsonl)
+            self.as_lines.put(jsonl)
         self.count += count
 
 
 @contextlib.contextmanager
 def preference_files(json_path: Path, jsonl_path: Path | None) -> Iterator[PreferenceFiles]:
     """The JSON list at `json_path` (and the JSONL copy), replaced when the block succeeds."""
-    copy = atomic_file(jsonl_path) if jsonl_path is not None else contextlib.nullcontext(None)
-    with atomic_file(json_path) as as_list, copy as as_lines, _Writer() as writer:
-        files = PreferenceFiles(writer, as_list, as_lines)
-        writer.put(as_list, b"[")
+    with contextlib.ExitStack() as stack:
+        as_list = stack.enter_context(_Writer(stack.enter_context(atomic_file(json_path))))
+        as_lines = None
+        if jsonl_path is not None:
+            as_lines = stack.enter_context(_Writer(stack.enter_context(atomic_file(jsonl_path))))
+        files = PreferenceFiles(as_list, as_lines)
+        as_list.put(b"[")
         yield files
-        writer.put(as_list, b"\n]\n" if files.count else b"]\n")
+        as_list.put(b"\n]\n" if files.count else b"]\n")
 
 
 class _Writer:
-    """A thread writing (handle, bytes) items in order; a write error is raised in the caller."""
+    """A thread writing bytes items to one file in order; a write error is raised in the caller.
 
-    def __init__(self, depth: int = 4) -> None:
-        self.items: queue.Queue[tuple[BinaryIO, Data] | None] = queue.Queue(depth)
+    One per file: the two files' writes (kernel time, about as long as the rendering) run on
+    both cores instead of taking turns on one.
+    """
+
+    def __init__(self, handle: BinaryIO, depth: int = 2) -> None:
+        self.handle = handle
+        self.items: queue.Queue[Data | None] = queue.Queue(depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="aggregate-writer", daemon=True)
 
@@ -72,14 +80,14 @@ class _Writer:
         while (item := self.items.get()) is not None:
             if self.error is None:
                 try:
-                    item[0].write(item[1])
+                    self.handle.write(item)
                 except BaseException as exc:
                     self.error = exc
 
-    def put(self, handle: BinaryIO, data: Data) -> None:
+    def put(self, data: Data) -> None:
         if self.error is not None:
             raise self.error
-        self.items.put((handle, data))
+        self.items.put(data)
 
     def __enter__(self) -> _Writer:
         self.thread.start()
