@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from salmon_wf.stages.aggregate.maths import decide, draw
 from salmon_wf.stages.aggregate.render import Renderer
 from salmon_wf.stages.aggregate.settings import Settings
 from salmon_wf.stages.aggregate.tables import Pairs
 from salmon_wf.stages.aggregate.texts import contains, float_reprs, json_strings, strings
+from salmon_wf.stages.aggregate.write import PreferenceFiles, _Writer, preference_files
 
 ODD_TEXTS = [
     "",
@@ -143,3 +147,25 @@ def test_renderer_takes_chunked_and_empty_columns() -> None:
     d = draw(np.random.default_rng(0), 0, 2, Settings())
     out = decide(np.zeros((0, 2)), d, np.zeros((0, 2), bool), None, Settings())
     assert renderer.lines(np.array([], np.int64), d, out) == []
+
+
+def test_a_failed_write_of_either_file_is_raised(tmp_path: Path) -> None:
+    """Each file has its own writer thread; an error in either reaches the caller."""
+
+    class Broken(io.BytesIO):
+        def write(self, data: object) -> int:
+            raise OSError("disk full")
+
+    for broken in (0, 1):
+        handles = [io.BytesIO(), io.BytesIO()]
+        handles[broken] = Broken()
+        files = PreferenceFiles(_Writer(handles[0]), _Writer(handles[1]))
+        assert files.as_lines is not None
+        with pytest.raises(OSError, match="disk full"), files.as_list, files.as_lines:
+            files.write(['{"a": 1}', '{"a": 2}'])
+        written = handles[1 - broken].getvalue()  # the other file's writer carried on
+        assert written == [b'{"a": 1}\n{"a": 2}\n', b'\n{"a": 1},\n{"a": 2}'][broken]
+    target = tmp_path / "p.json"
+    with preference_files(target, tmp_path / "p.jsonl") as ok:
+        ok.write(['{"a": 1}'])
+    assert target.read_text() == '[\n{"a": 1}\n]\n'
