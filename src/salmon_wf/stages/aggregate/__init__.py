@@ -8,8 +8,9 @@ the rest is one module per job, in the order the data flows:
 - language_file.py: pairs.languages.jsonl, those languages as a file (`salmon-wf languages`,
   stages/languages.py, writes it; with --languages the aggregation reads it)
 - maths.py: SALMON's maths, pure numpy: normalise, draw, decide
-- render.py: each written example's JSON line
-- write.py: preferences.json and its JSONL copy, streamed by a writer thread
+- render.py: each written example's JSON line, assembled by Arrow from encoded pieces
+- texts.py: the renderer's literals as Arrow arrays (JSON strings, Python float reprs)
+- write.py: preferences.json and its JSONL copy, streamed by a writer thread per file
 - stats.py: each pass's counts as values, and the stats report
 - stage.py: prepare -> write the passes -> report
 - settings.py: the parameters (SALMON's values are the defaults) and the used dimensions
