@@ -97,9 +97,9 @@ def test_every_weight_is_built_on_the_requested_device(tiny: LoadedModel) -> Non
     assert places and all(kind == "meta" and dtype == torch.bfloat16 for _, kind, dtype in places)
 
 
-def test_fused_norm_and_complex_rotary_equal_the_spelled_out_formulas() -> None:
-    """RMSNorm (torch's fused kernel) and the complex rotary are the textbook formulas: equal in
-    fp32, and in bf16 the fp32 result rounded once (not five roundings)."""
+def test_fused_norm_and_rotary_equal_the_spelled_out_formulas() -> None:
+    """RMSNorm (torch's fused rms_norm) and the rotary are the textbook formulas: equal in fp32,
+    and the bf16 norm is the fp32 result rounded once (not five roundings)."""
     from salmon_wf.model.transformer import RMSNorm, Rotary
 
     gen = torch.Generator().manual_seed(0)
@@ -119,7 +119,7 @@ def test_fused_norm_and_complex_rotary_equal_the_spelled_out_formulas() -> None:
     rotary = Rotary(head_dim=16, max_positions=50, theta=10000.0)
     positions = torch.tensor([[0, 5, 49], [1, 2, 3]])
     q = torch.randn(2, 3, 4, 16, generator=gen)
-    out = Rotary.rotate(q, rotary.tables(positions))
+    out = Rotary.rotate(q, *rotary.tables(positions))
     inv = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
     angle = positions[..., None, None].double() * inv  # [B, T, 1, D/2]
     even, odd = q[..., 0::2].double(), q[..., 1::2].double()
@@ -128,3 +128,23 @@ def test_fused_norm_and_complex_rotary_equal_the_spelled_out_formulas() -> None:
     ).flatten(-2)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(out[:, 0, :, :][0], q[0, 0])  # position 0 is the identity
+
+
+@pytest.mark.parametrize("threads", [1, 5, 7, 8])
+def test_rotary_bits_do_not_depend_on_the_batch_or_the_threads(threads: int) -> None:
+    """A row's rotated q/k must be the same bits alone and inside a larger batch, at any thread
+    count (a complex multiply was not: its kernel's scalar tail uses FMAs, its vector body not)."""
+    from salmon_wf.model.transformer import Rotary
+
+    rotary = Rotary(head_dim=64, max_positions=400, theta=10000.0)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 333, 9, 64, generator=gen)
+    positions = torch.arange(333).repeat(3, 1) + torch.tensor([[0], [7], [60]])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole = Rotary.rotate(x, *rotary.tables(positions))
+        rows = [Rotary.rotate(x[i : i + 1], *rotary.tables(positions[i : i + 1])) for i in range(3)]
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(whole, torch.cat(rows))
