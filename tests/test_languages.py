@@ -93,6 +93,10 @@ def test_a_file_of_other_pairs_names_its_line_and_field(tmp_path: Path) -> None:
             "line 3: output_2: must be a language code or null",
         ),
         "not json": ([lines[0], "{", lines[2]], "line 2: invalid JSON"),
+        "a key missing everywhere": (
+            [re.sub(r', "output_2": [^,}]*', "", line) for line in lines],
+            "line 1: output_2: missing",
+        ),
     }
     for name, (content, message) in cases.items():
         bad = edited(tmp_path / f"{name}.jsonl", content)
@@ -113,3 +117,21 @@ def test_a_bad_setting_or_model_is_one_line(tmp_path: Path, capsys: pytest.Captu
         assert cli.main([*argv, *flags]) == cli.FAILED
         assert capsys.readouterr().err.splitlines() == [f"salmon-wf languages: error: {line}"]
         assert not output.exists()
+
+
+def test_a_missing_or_folder_languages_file_is_one_line_before_any_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    inputs = write_inputs(tmp_path, TEXTS)
+    pairs, summary, judgments = inputs
+    judgments.write_text("{not read}\n")  # would be a RecordError if it were read first
+    out = tmp_path / "out"
+    for path, what in ((tmp_path / "absent.jsonl", "no such file"), (tmp_path, "not a file")):
+        argv = ["aggregate", "--pairs", str(pairs), "--pairs-summary", str(summary)]
+        argv += ["--judgments", str(judgments), "--principles", str(principles_file(tmp_path))]
+        argv += ["--output", str(out / "preferences.json"), "--languages", str(path)]
+        assert cli.main([*argv, "--workers", "1"]) == cli.FAILED
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"salmon-wf aggregate: error: {path}: {what} (the languages file: "
+                       "salmon-wf languages writes it)"]  # fmt: skip
+        assert not (out / "preferences.json").exists()

@@ -7,9 +7,12 @@ identifying the languages itself. One line per pair, in pairs.jsonl order, keys 
 
 A code is data/langid.py's (a lowercase primary subtag) or null for a text without letters
 (shown as "unknown" in the preferences). The reader takes the file only when its ids are the
-pairs' ids in the same order: a file of other pairs (stale, or another run's) is a RecordError
-naming the file, the line and the field, never codes joined to the wrong texts. A code key that
-is missing reads as null (Arrow's reading of a missing field).
+pairs' ids in the same order: a file of other pairs (another run's, or of fewer or more pairs)
+is a RecordError naming the file, the line and the field. What is checked is the ids, not the
+texts: a file made from other texts under the same ids (a resample, by hand) is not detected.
+In the workflow that cannot happen, because rule `languages` reruns whenever pairs.jsonl
+changes. Every line must have all four keys (the writer always writes them): a key missing
+from every line sends the file to the strict reader, which names the first such line.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def read_language_file(path: Path, ids: pa.Array, pairs_file: Path) -> PairLangu
     Arrow parses the file; when it cannot, or the ids are not exactly `ids` in order, the
     strict line reader names the first bad line and field.
     """
+    check_readable(path)
     options = pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore")
     try:
         with pj.open_json(path, pj.ReadOptions(block_size=BLOCK), options) as batches:
@@ -68,6 +72,8 @@ def read_language_file(path: Path, ids: pa.Array, pairs_file: Path) -> PairLangu
     found = table.column("id").combine_chunks()
     if table.num_rows != len(ids) or found.null_count or not found.equals(ids):
         return _read_strict(path, ids, pairs_file)
+    if len(ids) and any(table.column(name).null_count == len(ids) for name in TEXTS):
+        return _read_strict(path, ids, pairs_file)  # a key missing everywhere? (Arrow: null)
     return PairLanguages(*(table.column(name).to_pylist() for name in TEXTS))
 
 
@@ -92,7 +98,9 @@ def _read_strict(path: Path, ids: pa.Array, pairs_file: Path) -> PairLanguages:
                 )
                 raise RecordError(what, file=path, line=number, field="id")
             for name in TEXTS:
-                value = record.get(name)  # missing: null, as Arrow reads it
+                if name not in record:
+                    raise RecordError("missing", file=path, line=number, field=name)
+                value = record[name]
                 if value is not None and not isinstance(value, str):
                     what = "must be a language code or null"
                     raise RecordError(what, file=path, line=number, field=name)
@@ -105,6 +113,13 @@ def _read_strict(path: Path, ids: pa.Array, pairs_file: Path) -> PairLanguages:
         )
         raise RecordError(what, file=path, line=number + 1, field="id")
     return PairLanguages(*(columns[name] for name in TEXTS))
+
+
+def check_readable(path: Path) -> None:
+    """A languages file that is not there (or is a folder) is one line naming it, up front."""
+    if not path.is_file():
+        what = "no such file" if not path.exists() else "not a file"
+        raise RecordError(f"{what} (the languages file: salmon-wf languages writes it)", file=path)
 
 
 class LanguageFileRead:

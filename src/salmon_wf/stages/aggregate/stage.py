@@ -21,7 +21,7 @@ from salmon_wf.data.langid import check_model
 from salmon_wf.data.principles import load_principles
 from salmon_wf.killpoint import kill_point
 from salmon_wf.progress import Progress
-from salmon_wf.stages.aggregate.language_file import LanguageFileRead
+from salmon_wf.stages.aggregate.language_file import LanguageFileRead, check_readable
 from salmon_wf.stages.aggregate.languages import PairLanguageDetection
 from salmon_wf.stages.aggregate.maths import decide, draw, normalise
 from salmon_wf.stages.aggregate.render import Renderer
@@ -75,6 +75,8 @@ def prepare(
     dims = resolve_dimensions(known, settings.dimensions)
     # A wrong model path fails here, before any reading (LanguageDetection checks it too).
     model = check_model(settings.langid_model)
+    if languages_file is not None:
+        check_readable(languages_file)  # before the pairs and judgments are read
     runs = read_candidates(pairs_file, pairs_summary)
     progress.step(f"read the pairs: {len(runs.ids)} pairs")
     # Every record reports the codes of its instruction and both outputs (as SALMON's), rule
