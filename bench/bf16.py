@@ -160,13 +160,15 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
                 sampled[dtype][name] = {"seconds": seconds, "generated_tokens": tokens,
                                         "tokens_per_s": tokens / seconds}  # fmt: skip
 
-        # A job's fixed cost (interpreter, torch, loading and casting the weights): one prompt.
+        # A job's fixed cost (interpreter, torch, loading and casting the weights): one prompt
+        # and one new token, so that both dtypes do the same work (with the run's own length,
+        # each dtype's sample of that prompt had its own length: 3.8 vs 8.6 s in one run).
         startup: dict[str, float] = {}
         for dtype in ("fp32", "bf16"):
             name, out = runs[0], work / f"one-{dtype}.jsonl"
             one = ["--shard", "0", "--num-shards", str(total)]
             argv = sample_argv(config, model, dtype, name, one)
-            argv += ["--prompts", str(prompts), "--output", str(out)]
+            argv += ["--prompts", str(prompts), "--output", str(out), "--max-new-tokens", "1"]
             log(f"bf16: one-prompt sample job in {dtype} (a job's fixed cost)")
             startup[dtype] = job(argv, work / f"one-{dtype}.log")
         details["one_prompt_job_s"] = startup
@@ -228,7 +230,7 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
         f"{capable}; {details['prompts']} prompts x {len(runs)} runs, {details['pairs']} pairs; "
         f"sample {sample_s['fp32']:.1f} vs {sample_s['bf16']:.1f} s "
         f"({tokens['fp32']} vs {tokens['bf16']} tokens), judge {judge_s['fp32']:.1f} vs "
-        f"{judge_s['bf16']:.1f} s (fp32 vs bf16, job wall times); a one-prompt job "
+        f"{judge_s['bf16']:.1f} s (fp32 vs bf16, job wall times); a one-prompt, one-token job "
         f"{startup['fp32']:.1f} vs {startup['bf16']:.1f} s"
     )
     agree_note = (
