@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import sys
+from collections.abc import Iterator
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -169,3 +172,34 @@ def test_a_failed_write_of_either_file_is_raised(tmp_path: Path) -> None:
     with preference_files(target, tmp_path / "p.jsonl") as ok:
         ok.write(['{"a": 1}'])
     assert target.read_text() == '[\n{"a": 1}\n]\n'
+
+
+def test_a_late_write_error_of_the_list_commits_neither_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list's last bytes are written when the block ends: if that fails, the JSONL copy
+    (whose writer finished first) must not have been committed either."""
+    import salmon_wf.stages.aggregate.write as write_module
+
+    real = write_module.atomic_file
+
+    @contextlib.contextmanager
+    def failing_list(path: Path) -> Iterator[BinaryIO]:
+        with real(path) as handle:
+            if path.suffix == ".json":
+                original = handle.write
+
+                def write(data: bytes) -> int:
+                    if bytes(data).endswith(b"]\n"):
+                        raise OSError("disk full at the end")
+                    return original(data)
+
+                handle.write = write  # type: ignore[method-assign]
+            yield handle
+
+    monkeypatch.setattr(write_module, "atomic_file", failing_list)
+    target, copy = tmp_path / "p.json", tmp_path / "p.jsonl"
+    raises = pytest.raises(OSError, match="disk full at the end")
+    with raises, write_module.preference_files(target, copy) as files:
+        files.write(['{"a": 1}'])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither file, no temporaries

@@ -135,3 +135,25 @@ def test_a_missing_or_folder_languages_file_is_one_line_before_any_reading(
         assert err == [f"salmon-wf aggregate: error: {path}: {what} (the languages file: "
                        "salmon-wf languages writes it)"]  # fmt: skip
         assert not (out / "preferences.json").exists()
+
+
+def test_invalid_utf8_or_a_lone_surrogate_in_the_pairs_names_the_line(tmp_path: Path) -> None:
+    """Arrow's JSON reader copies string bytes unchecked: invalid UTF-8 must not reach the
+    outputs (it goes to the strict reader, which names the line); a lone surrogate escape cannot
+    be written as UTF-8 and is named with its line and field."""
+    inputs = write_inputs(tmp_path, TEXTS)
+    pairs = inputs[0]
+    codes = tmp_path / "pairs.languages.jsonl"
+    languages(pairs, codes)
+    good = pairs.read_bytes()
+    first, second = good.splitlines(keepends=True)
+    cases = {
+        b"\xff": "line 2: invalid UTF-8",
+        b"\\ud800": "line 2: field 'output_2' holds a lone surrogate escape",
+    }
+    for bad, message in cases.items():
+        pairs.write_bytes(first + second.replace(b"Cook them", b"Cook" + bad + b" them"))
+        with pytest.raises(RecordError, match=re.escape(message)):
+            aggregate(tmp_path, inputs, tmp_path / "out", "--languages", str(codes))
+        assert not (tmp_path / "out" / "preferences.json").exists()
+        assert not (tmp_path / "out" / "preferences.jsonl").exists()

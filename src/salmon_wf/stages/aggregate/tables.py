@@ -25,7 +25,11 @@ from salmon_wf.errors import RecordError
 BLOCK = 4 << 20  # bytes of JSONL parsed at a time
 
 _TEXT = ("id", "instruction", "input", "output_1", "output_2")
-PAIR_SCHEMA = pa.schema([(name, pa.string()) for name in _TEXT])  # pairs.jsonl
+# pairs.jsonl. Texts as large_string: a column over 2 GiB (1M pairs of ~2 KB responses) cannot
+# be taken or concatenated with 32-bit offsets.
+PAIR_SCHEMA = pa.schema(
+    [("id", pa.string()), *((name, pa.large_string()) for name in _TEXT if name != "id")]
+)
 JUDGMENT_SCHEMA = pa.schema(
     [("id", pa.string()), ("dimension", pa.string()), ("relative_score", pa.list_(pa.float64()))]
 )
@@ -49,6 +53,12 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
         return _read_strict(path, schema)
     for name in schema.names:
         column = table.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            try:  # Arrow's JSON reader copies string bytes unchecked
+                for chunk in column.chunks:
+                    chunk.validate(full=True)
+            except pa.ArrowInvalid:  # invalid UTF-8: the strict reader names the line
+                return _read_strict(path, schema)
         if name in _OPTIONAL:
             table = table.set_column(table.schema.get_field_index(name), name, column.fill_null(""))
         elif column.null_count:
@@ -79,9 +89,16 @@ def _read_strict(path: Path, schema: pa.Schema) -> pa.Table:
 def _checked(where: str, name: str, value: Any, kind: pa.DataType) -> Any:
     if value is None:
         raise RecordError(f"{where}: field '{name}' missing")
-    if pa.types.is_string(kind):
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         if not isinstance(value, str):
             raise RecordError(f"{where}: field '{name}' must be a string")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+            raise RecordError(
+                f"{where}: field '{name}' holds a lone surrogate escape (\\ud800-\\udfff "
+                "without its pair): not writable as UTF-8"
+            ) from None
         return value
     numbers = isinstance(value, list) and all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in value

@@ -53,10 +53,13 @@ class PreferenceFiles:
 def preference_files(json_path: Path, jsonl_path: Path | None) -> Iterator[PreferenceFiles]:
     """The JSON list at `json_path` (and the JSONL copy), replaced when the block succeeds."""
     with contextlib.ExitStack() as stack:
-        as_list = stack.enter_context(_Writer(stack.enter_context(atomic_file(json_path))))
-        as_lines = None
-        if jsonl_path is not None:
-            as_lines = stack.enter_context(_Writer(stack.enter_context(atomic_file(jsonl_path))))
+        # Both files are opened before both writers, so both writer threads are joined (and a
+        # late write error raised) before either file is committed: never a new JSONL copy next
+        # to a failed list.
+        list_file = stack.enter_context(atomic_file(json_path))
+        lines_file = None if jsonl_path is None else stack.enter_context(atomic_file(jsonl_path))
+        as_list = stack.enter_context(_Writer(list_file))
+        as_lines = None if lines_file is None else stack.enter_context(_Writer(lines_file))
         files = PreferenceFiles(as_list, as_lines)
         as_list.put(b"[")
         yield files
