@@ -74,23 +74,21 @@ def json_strings(texts: Column) -> Column:
 def json_insides(texts: Column) -> Column:
     """encode_basestring of each text without its quotes (the renderer's pieces hold them).
 
-    Arrow replaces the short escapes in the texts that need escaping (the rest are kept as
-    they are); a text with a control character written as \\u00XX (rare) goes through
-    encode_basestring.
+    Arrow replaces the short escapes chunk by chunk over the whole column (a text without any
+    is kept as it is), so the column is never combined and at most two copies of it are alive
+    (taking the rows that need escaping and merging them back held ~6x a column's size while
+    nearly every real text has a line break or a quote); a text with a control character
+    written as \\u00XX (rare) goes through encode_basestring.
     """
-    rows = np.flatnonzero(_mask(pc.match_substring_regex(texts, _NEEDS_ESCAPE)))
-    if rows.size == 0:
+    if not pc.any(pc.match_substring_regex(texts, _NEEDS_ESCAPE)).as_py():
         return texts
-    texts = contiguous(texts)
-    escaped = texts.take(rows)
+    inside = texts
     for char, escape in _SHORT_ESCAPES:
-        escaped = pc.replace_substring(escaped, char, escape)
-    inside = _replaced(texts, rows, escaped)
-    rare = pc.match_substring_regex(texts.take(rows), _UNICODE_ESCAPE)
-    rare_rows = rows[rare.to_numpy(zero_copy_only=False)]
+        inside = pc.replace_substring(inside, char, escape)
+    rare_rows = np.flatnonzero(_mask(pc.match_substring_regex(texts, _UNICODE_ESCAPE)))
     if rare_rows.size:
         exact = [encode_basestring(text)[1:-1] for text in texts.take(rare_rows).to_pylist()]
-        inside = _replaced(inside, rare_rows, pa.array(exact, STRING))
+        inside = _replaced(contiguous(inside), rare_rows, pa.array(exact, STRING))
     return inside
 
 
