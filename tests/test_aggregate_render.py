@@ -20,7 +20,7 @@ from salmon_wf.stages.aggregate.maths import decide, draw
 from salmon_wf.stages.aggregate.render import Renderer
 from salmon_wf.stages.aggregate.settings import Settings
 from salmon_wf.stages.aggregate.tables import Pairs
-from salmon_wf.stages.aggregate.texts import contains, float_reprs, json_strings, strings
+from salmon_wf.stages.aggregate.texts import contains, float_reprs, json_insides, strings
 from salmon_wf.stages.aggregate.write import PreferenceFiles, _Writer, preference_files
 
 ODD_TEXTS = [
@@ -37,13 +37,18 @@ ODD_TEXTS = [
 ]
 
 
+def json_strings(texts: list[str]) -> list[str]:
+    """The renderer's pieces hold the quotes; json_insides is what goes between them."""
+    return [f'"{inside}"' for inside in json_insides(strings(texts)).to_pylist()]
+
+
 def test_json_strings_are_encode_basestring() -> None:
     texts = [*ODD_TEXTS, "As an AI language model, " * 3, "x" * 5000]
-    got = json_strings(strings(texts)).to_pylist()
+    got = json_strings(texts)
     assert got == [encode_basestring(t) for t in texts]
     assert got == [json.dumps(t, ensure_ascii=False) for t in texts]
-    assert json_strings(strings(["no escapes", "here"])).to_pylist() == ['"no escapes"', '"here"']
-    assert json_strings(strings([])).to_pylist() == []
+    assert json_strings(["no escapes", "here"]) == ['"no escapes"', '"here"']
+    assert json_strings([]) == []
 
 
 def test_float_reprs_are_pythons_repr() -> None:
@@ -141,7 +146,8 @@ def test_renderer_takes_chunked_and_empty_columns() -> None:
     """Columns as parsed (chunked, or with no chunk at all) render as one array does."""
     texts = ["a", 'b "q"', "c\n", "d"]
     chunked = pa.chunked_array([pa.array(texts[:1]), pa.array(texts[1:])])
-    assert json_strings(strings(chunked)).to_pylist() == [encode_basestring(t) for t in texts]
+    escaped = json_insides(strings(chunked)).to_pylist()
+    assert [f'"{x}"' for x in escaped] == [encode_basestring(t) for t in texts]
     assert contains(chunked, '"q"').tolist() == [False, True, False, False]
     empty = pa.chunked_array([], pa.string())
     pairs = Pairs(empty, empty, empty, empty, empty, np.zeros((0, 2)), np.zeros((0, 2)))

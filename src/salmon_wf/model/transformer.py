@@ -52,10 +52,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x * rsqrt(mean(x^2) + eps) * weight in one fused kernel, in x's dtype.
+        """x * rsqrt(mean(x^2) + eps) * weight by torch's rms_norm, in x's dtype.
 
-        torch's kernel accumulates a bf16 row in fp32 and rounds once at the end (one pass
-        instead of the five elementwise ops and two casts of the spelled-out formula).
+        It computes a bf16 row in fp32 and rounds once at the end (the spelled-out formula
+        rounded before the weight too); fp32 gives the same bits. On CPU it is still a chain of
+        elementwise ops (pow, mean, add, rsqrt, mul), not one fused kernel.
         """
         return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 

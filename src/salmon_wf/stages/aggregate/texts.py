@@ -66,11 +66,6 @@ def _replaced(base: pa.Array, rows: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.concat_arrays([base, values.cast(STRING)]).take(index)
 
 
-def json_strings(texts: Column) -> Column:
-    """encode_basestring of each text: its JSON string literal, non-ASCII kept as is."""
-    return pc.binary_join_element_wise(_QUOTE, json_insides(texts), _QUOTE, _EMPTY)
-
-
 def json_insides(texts: Column) -> Column:
     """encode_basestring of each text without its quotes (the renderer's pieces hold them).
 
