@@ -18,12 +18,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
 from common import Entry, best_of, log, matmul_flops, random_model, timed
 
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams, choose_tokens
+from salmon_wf.model.cpu_packing import (
+    pack_projections,
+    pack_weight,
+    packed_linear,
+    packing_available,
+)
 from salmon_wf.model.hf_export import to_hf_llama
 from salmon_wf.model.params import ModelArgs
 from salmon_wf.model.transformer import KVCache, Transformer, body_flops_per_token
@@ -275,13 +282,19 @@ def run_sampler(quick: bool) -> tuple[list[Entry], dict]:
     return entries, details
 
 
-def gemm_shapes(args: ModelArgs, rows: int, length: int) -> list[tuple[int, int, int, int]]:
+def gemm_shapes(
+    args: ModelArgs, rows: int, length: int, fused: bool = False
+) -> list[tuple[int, int, int, int]]:
     """The prefill's matmuls as (M, K, N, count): every layer's projections and FFN at M = rows x
-    tokens, and the LM head at M = rows (the prefill applies it at each row's last position)."""
+    tokens, and the LM head at M = rows (the prefill applies it at each row's last position).
+    fused: as a packed bf16 model runs them (cpu_packing): q/k/v as one product, w1/w3 as one."""
     m, hd = rows * length, args.head_dim
     q, kv, ffn = args.attn_heads * hd, args.kv_heads * hd, args.ffn_hidden_dim
-    layer = [(args.dim, q), (args.dim, kv), (args.dim, kv), (q, args.dim)]
-    layer += [(args.dim, ffn), (args.dim, ffn), (ffn, args.dim)]
+    if fused:
+        layer = [(args.dim, q + 2 * kv), (q, args.dim), (args.dim, 2 * ffn), (ffn, args.dim)]
+    else:
+        layer = [(args.dim, q), (args.dim, kv), (args.dim, kv), (q, args.dim)]
+        layer += [(args.dim, ffn), (args.dim, ffn), (ffn, args.dim)]
     shapes = [(m, k, n, args.n_layers) for k, n in layer]
     return [*shapes, (rows, args.dim, args.vocab_size, 1)]
 
@@ -289,7 +302,8 @@ def gemm_shapes(args: ModelArgs, rows: int, length: int) -> list[tuple[int, int,
 def gemm_floor(
     shapes: list[tuple[int, int, int, int]], dtype: torch.dtype, repeats: int
 ) -> dict[str, float]:
-    """Seconds and FLOP/s of the given F.linear shapes in `dtype` (best of `repeats` each).
+    """Seconds and FLOP/s of the given shapes in `dtype` (best of `repeats` each), by the kernel
+    the model uses: F.linear, or for bf16 weights packed once where the CPU packs them.
 
     The LM head (the last shape) runs in fp32 whatever `dtype`, as the engine runs it.
     """
@@ -299,8 +313,12 @@ def gemm_floor(
         kind = torch.float32 if index == len(shapes) - 1 else dtype
         x = torch.randn(m, k, generator=gen).to(kind)
         w = torch.randn(n, k, generator=gen).to(kind)
-        torch.nn.functional.linear(x, w)
-        seconds += count * best_of(lambda x=x, w=w: torch.nn.functional.linear(x, w), repeats)
+        if kind == torch.bfloat16 and packing_available():
+            product = partial(packed_linear, x, pack_weight(w))
+        else:
+            product = partial(torch.nn.functional.linear, x, w)
+        product()
+        seconds += count * best_of(product, repeats)
         flops += count * 2.0 * m * k * n
     return {"seconds": seconds, "flops": flops, "flop_s": flops / seconds}
 
@@ -334,19 +352,24 @@ def run_prefill(quick: bool) -> tuple[list[Entry], dict]:
     repeats = 2 if quick else 3
     flops = body_flops_per_token(args, length // 2) * rows * length
     flops += 2 * args.dim * args.vocab_size * rows
-    shapes = gemm_shapes(args, rows, length)
+    shapes = {
+        torch.float32: gemm_shapes(args, rows, length),
+        torch.bfloat16: gemm_shapes(args, rows, length, fused=packing_available()),
+    }
     details: dict = {"shape": args.to_json(), "rows": rows, "tokens_per_row": length,
-                     "gemm_shapes_mknc": shapes, "threads": torch.get_num_threads()}  # fmt: skip
+                     "gemm_shapes_mknc": {str(k)[6:]: v for k, v in shapes.items()},
+                     "threads": torch.get_num_threads()}  # fmt: skip
     entries = []
     model, _ = random_model(args, seed=0)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         model = model.to(dtype)
+        pack_projections(model)  # bf16 on a CPU that packs: as load_model runs it
         model(tokens[:, :32], logits_at=last.clamp(max=31))
         log(f"prefill {name}: SmolLM2-135M shape, {rows} x {length} tokens vs its GEMMs, 2048^3")
-        floor = gemm_floor(shapes, dtype, repeats)
+        floor = gemm_floor(shapes[dtype], dtype, repeats)
         matmul = matmul_flops_of(dtype, 2048, repeats)
         seconds = best_of(lambda model=model: model(tokens, logits_at=last), repeats)
-        floor2 = gemm_floor(shapes, dtype, repeats)  # both sides of the prefill
+        floor2 = gemm_floor(shapes[dtype], dtype, repeats)  # both sides of the prefill
         matmul = max(matmul, matmul_flops_of(dtype, 2048, repeats))
         own = max(floor["flop_s"], floor2["flop_s"])
         prefill = flops / seconds

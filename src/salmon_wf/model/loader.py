@@ -10,6 +10,7 @@ import torch
 
 from salmon_wf.errors import CheckpointError, ConfigError
 from salmon_wf.model.checkpoint import load_rank_state
+from salmon_wf.model.cpu_packing import pack_projections
 from salmon_wf.model.dtypes import COMPUTE_DTYPES, DtypeChoice, resolve_dtype
 from salmon_wf.model.lora import load_adapters, merge_into_rank_state
 from salmon_wf.model.parallel import ParallelContext
@@ -94,6 +95,7 @@ def load_model(
         for name, param in model.state_dict().items():
             param.copy_(state[name])  # casts the stored dtype (fp32 for imports) to the compute one
     model.eval()
+    pack_projections(model)  # bf16 on a CPU only: oneDNN's layout, once (cpu_packing.py)
     return LoadedModel(
         model=model, tokenizer=tokenizer, args=args, model_dir=model_dir, dtype=choice
     )

@@ -8,7 +8,7 @@ and the LM head can be applied only at chosen positions (scoring and prefill nee
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +27,7 @@ from torch import nn
 
 from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import embedding_split
+from salmon_wf.model.cpu_packing import pack_weight, packed_linear, packing_available
 from salmon_wf.model.params import ModelArgs
 
 
@@ -183,17 +184,27 @@ class _Step:
     visible: torch.Tensor | None = None
 
 
+def _project(
+    layer: ColumnParallelLinear | RowParallelLinear, x: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x @ weight.T (+ bias): the packed bf16 weight where cpu_packing packed it, else F.linear."""
+    packed = getattr(layer, "packed_weight", None)
+    if packed is not None:
+        return packed_linear(x, packed, bias)
+    return F.linear(x, layer.weight, bias)
+
+
 def _column(layer: ColumnParallelLinear, x: torch.Tensor) -> torch.Tensor:
     """A column-parallel projection without gathering: this rank's slice of the outputs.
 
     (fairscale's forward adds an autograd region that is the identity at inference.)
     """
-    return F.linear(x, layer.weight, layer.bias)
+    return _project(layer, x, layer.bias)
 
 
 def _row(layer: RowParallelLinear, x: torch.Tensor) -> torch.Tensor:
     """A row-parallel projection: partial products summed over the model-parallel ranks."""
-    out = F.linear(x, layer.weight)
+    out = _project(layer, x, None)
     if mp_init.get_model_parallel_world_size() > 1:
         torch.distributed.all_reduce(out, group=mp_init.get_model_parallel_group())
     if layer.bias is not None:  # replicated: added once, after the sum
@@ -235,10 +246,7 @@ class Attention(nn.Module):
         self, x: torch.Tensor, step: _Step, layer_cache: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        q = _column(self.wq, x).view(bsz, seqlen, self.local_heads, self.head_dim)
-        k = _column(self.wk, x).view(bsz, seqlen, self.local_kv_heads, self.head_dim)
-        v = _column(self.wv, x).view(bsz, seqlen, self.local_kv_heads, self.head_dim)
-        q, k = Rotary.rotate(q, step.cos, step.sin), Rotary.rotate(k, step.cos, step.sin)
+        q, k, v = self._rotated_qkv(x, step)
         q = q.transpose(1, 2)
         if layer_cache is None:
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
@@ -262,6 +270,23 @@ class Attention(nn.Module):
             )
         return _row(self.wo, out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
+    def _rotated_qkv(
+        self, x: torch.Tensor, step: _Step
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k (rotated) and v, [B, T, heads, head_dim]; one product and one rotation where
+        cpu_packing fused the three projections (the same values: one matrix of their rows)."""
+        bsz, seqlen, _ = x.shape
+        heads, kv_heads, hd = self.local_heads, self.local_kv_heads, self.head_dim
+        fused = getattr(self, "packed_qkv", None)
+        if fused is None:
+            q = _column(self.wq, x).view(bsz, seqlen, heads, hd)
+            k = _column(self.wk, x).view(bsz, seqlen, kv_heads, hd)
+            v = _column(self.wv, x).view(bsz, seqlen, kv_heads, hd)
+            return Rotary.rotate(q, step.cos, step.sin), Rotary.rotate(k, step.cos, step.sin), v
+        qkv = packed_linear(x, fused, self.packed_qkv_bias).view(bsz, seqlen, -1, hd)
+        qk = Rotary.rotate(qkv[:, :, : heads + kv_heads], step.cos, step.sin)
+        return qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv_heads :]
+
 
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
@@ -278,7 +303,12 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _row(self.w2, F.silu(_column(self.w1, x)) * _column(self.w3, x))
+        fused = getattr(self, "packed_w13", None)  # w1 and w3 as one product (cpu_packing)
+        if fused is None:
+            gate, up = _column(self.w1, x), _column(self.w3, x)
+        else:
+            gate, up = packed_linear(x, fused).chunk(2, dim=-1)
+        return _row(self.w2, F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -322,8 +352,8 @@ class Transformer(nn.Module):
         self.rotary = Rotary(
             args.head_dim, max(args.max_seq_len, 1) * 2, args.rope_theta, args.rope_scaling
         )
-        self._head_fp32: torch.Tensor | None = None  # see _head
-        self._head_key: tuple[Any, ...] | None = None
+        # Derived copies of the LM head, made on first use (see _head): name -> (key, tensor).
+        self._head_copies: dict[str, tuple[tuple[Any, ...], torch.Tensor]] = {}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -392,20 +422,31 @@ class Transformer(nn.Module):
         of its (one rank's slice of the) LM head. Sampling asks for exact=False: its softmax and
         top-p still run in fp32, but the product is bf16, because a decode step reads the whole
         head for a handful of rows (SmolLM2's 49,152 x 576 head: 28 of the ~100 ms of a bf16
-        decode step in fp32 against 8 in bf16, one core, batch 8, Intel Xeon with AMX).
+        decode step in fp32 against 8 in bf16, one core, batch 8, Intel Xeon with AMX); on a CPU
+        that bf16 head is packed for oneDNN once, like the projections (cpu_packing.py).
         """
         weight = self.output.weight
         if weight.dtype == torch.float32:
             return self.output(x)
-        if not exact:
-            return self.output(x.to(weight.dtype)).float()
-        key = (weight.device, weight.data_ptr(), weight._version)
-        if self._head_key != key:
-            self._head_fp32, self._head_key = weight.float(), key
-        local = F.linear(x, self._head_fp32)
+        if exact:
+            local = F.linear(x, self._head_copy("fp32", weight.float))
+        elif weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and packing_available():
+            packed = self._head_copy("packed", lambda: pack_weight(weight))
+            local = packed_linear(x.to(weight.dtype), packed).float()
+        else:
+            local = F.linear(x.to(weight.dtype), weight).float()
         if mp_init.get_model_parallel_world_size() > 1:
             return gather_from_model_parallel_region(local)
         return local
+
+    def _head_copy(self, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The head's `name` copy, remade when the weight changes (a tensor or its version)."""
+        weight = self.output.weight
+        key = (weight.device, weight.data_ptr(), weight._version)
+        cached = self._head_copies.get(name)
+        if cached is None or cached[0] != key:
+            cached = self._head_copies[name] = (key, make())
+        return cached[1]
 
 
 def body_flops_per_token(args: ModelArgs, context: int) -> float:
