@@ -1,9 +1,10 @@
 """Aggregation benchmark: `salmon-wf aggregate` on synthetic pairs x 11 principles.
 
 The inputs are what the workflow feeds the stage: the pair stage's pairs.jsonl (the two runs'
-responses joined by id) and pairs.summary.json, and a judgments file in the judge stage's format
-(11 lines per pair, full float precision). Texts are synthetic and short: instructions of 8-30
-words, responses of 16-96 words (~330 characters on average, about a quarter of a real
+responses joined by id) and pairs.summary.json, and the gather's judgments.scores.arrow (11
+judgments per pair, full float precision); the judgments.jsonl beside it, in the judge stage's
+format, is read once at 100k pairs for comparison. Texts are synthetic and short: instructions of
+8-30 words, responses of 16-96 words (~330 characters on average, about a quarter of a real
 100-700-token response); every text starts with its own random words, so every head the language
 identifier reads is distinct (as in real data). About 3% of responses start with "As an AI
 language model" and about 3% of texts are German-like, so both rules fire. Scores are
@@ -37,12 +38,17 @@ import numpy as np
 import psutil
 from common import Entry, log
 
+from salmon_wf.data.scores_file import open_scores_file
+
 ROOT = Path(__file__).resolve().parent.parent
 PRINCIPLES = ROOT / "src" / "salmon_wf" / "resources" / "principles.json"
 TARGET_RATIO, TARGET_GB = 2.0, 4.0
 CHUNK = 20_000
 TIME = "/usr/bin/time"
 PROFILE_PAIRS = 100_000
+# generate()'s judgments.jsonl: the stage reads the scores file instead (as the workflow's rule
+# passes it); at PROFILE_PAIRS the stage also runs once on the JSONL, for the difference.
+JSONL_KEY = "judgments_jsonl"
 
 ENGLISH_TEXT = (
     "the a of to and in is it you that for this with on are be as can your have not or will an "
@@ -75,16 +81,26 @@ def _texts(rng: np.random.Generator, n: int, lo: int, hi: int, tag: str) -> list
 def generate(
     directory: Path, pairs: int, seed: int = 0, response_words: tuple[int, int] = (16, 96)
 ) -> dict[str, Path]:
-    """Write pairs.jsonl, pairs.summary.json and judgments.jsonl for `pairs` pairs (chunked)."""
+    """Write pairs.jsonl, pairs.summary.json, judgments.jsonl and the gather's Arrow copy of its
+    scores, judgments.scores.arrow, for `pairs` pairs (chunked).
+
+    The returned paths are the stage's inputs as the workflow passes them ("judgments": the
+    scores file); "judgments_jsonl" is not among them (see JSONL_KEY).
+    """
     rng = np.random.default_rng(seed)
     dims = [p["dimension"] for p in json.loads(PRINCIPLES.read_text())]
-    paths = {name: directory / f"{name}.jsonl" for name in ("pairs", "judgments")}
+    paths = {"pairs": directory / "pairs.jsonl", "judgments": directory / "judgments.scores.arrow"}
+    jsonl = directory / "judgments.jsonl"
     paths["summary"] = directory / "pairs.summary.json"
     dropped = {"only_in_one_run": 0, "skipped_generation": 0, "too_short": 0}
     summary = {"pairs": pairs} | dropped | {"dropped": dropped, "min_chars": 16}
     paths["summary"].write_text(json.dumps(summary))
     dim_json = [json.dumps(d) for d in dims]
-    with paths["pairs"].open("w") as paired, paths["judgments"].open("w") as judged:
+    with (
+        paths["pairs"].open("w") as paired,
+        jsonl.open("w") as judged,
+        open_scores_file(paths["judgments"], dims) as scored,
+    ):
         for start in range(0, pairs, CHUNK):
             n = min(CHUNK, pairs - start)
             ids = [f"oasst-{start + i:08d}" for i in range(n)]
@@ -124,7 +140,13 @@ def generate(
                         f'"logits_21": [{a21[i][j]!r}, {b21[i][j]!r}]}}\n'
                     )
             judged.write("".join(lines))
-    return paths
+            # What the gather writes beside judgments.jsonl: the same scores (the same floats).
+            wide = logits.astype(np.float64)  # as the lines' Python floats subtract
+            s12 = (wide[..., 0] - wide[..., 1]).ravel()
+            s21 = (wide[..., 3] - wide[..., 2]).ravel()
+            dim_index = np.tile(np.arange(len(dims), dtype=np.int32), n)
+            scored(np.repeat(ids, len(dims)).tolist(), dim_index, s12, s21)
+    return paths | {JSONL_KEY: jsonl}
 
 
 def identify_languages(directory: Path, paths: dict[str, Path]) -> float:
@@ -262,6 +284,7 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
             log(f"aggregate: generating {pairs:,} pairs x 11 principles")
             begin = time.perf_counter()
             paths = generate(directory, pairs)
+            jsonl = paths.pop(JSONL_KEY)
             os.sync()  # the generator's writeback is not the stage's to pay for
             made = time.perf_counter() - begin
             log(f"aggregate: running the stages on {pairs:,} pairs (generated in {made:.0f} s)")
@@ -278,6 +301,10 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
                 f"{point['floor_s']:.1f} s (read {point['floor']['read_s']:.1f} s, write "
                 f"{point['floor']['write_s']:.1f} s)"
             )
+            if pairs == PROFILE_PAIRS:  # the same stage reading judgments.jsonl instead
+                point["from_jsonl"] = measure(directory, paths | {"judgments": jsonl})
+                log(f"aggregate: reading judgments.jsonl: {point['from_jsonl']['seconds']:.1f} s")
+            jsonl.unlink()
             points.append(point)
             if pairs == PROFILE_PAIRS:
                 kept = paths
@@ -315,6 +342,7 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
             directory.mkdir()
             log(f"aggregate: {PROFILE_PAIRS:,} pairs with 4x longer responses (64-384 words)")
             paths = generate(directory, PROFILE_PAIRS, response_words=(64, 384))
+            paths.pop(JSONL_KEY).unlink()
             os.sync()
             languages_s = identify_languages(directory, paths)
             input_bytes = {name: p.stat().st_size for name, p in paths.items()}

@@ -34,7 +34,8 @@ rule aggregate:
     input:
         pairs=ancient(f"{RESULTS}/pairs.jsonl"),
         pairs_summary=ancient(f"{RESULTS}/pairs.summary.json"),
-        judgments=f"{RESULTS}/judgments.jsonl",
+        # The gather's Arrow copy of the scores (data/scores_file.py): read without parsing.
+        judgments=f"{RESULTS}/judgments.scores.arrow",
         principles=config["judge"]["principles"],
         languages=f"{RESULTS}/pairs.languages.jsonl",
     output:

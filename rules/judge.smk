@@ -87,6 +87,7 @@ rule gather_judgments:
         ),
     output:
         judgments=f"{RESULTS}/judgments.jsonl",
+        scores=f"{RESULTS}/judgments.scores.arrow",
         summary=f"{RESULTS}/judgments.summary.json",
     log:
         "logs/gather_judgments.log",
@@ -101,5 +102,5 @@ rule gather_judgments:
         salmon=SALMON,
     shell:
         "{params.salmon} gather --prompts {input.prompts:q} --principles {input.principles:q}"
-        " --shards {input.shards:q} --output {output.judgments:q}"
+        " --shards {input.shards:q} --output {output.judgments:q} --scores {output.scores:q}"
         " --summaries {input.summaries:q} --summary {output.summary:q} > {log:q} 2>&1"

@@ -18,6 +18,7 @@ import pytest
 from helpers import REPO, planned_jobs, planned_outputs, snakemake, write_config
 
 from salmon_wf.data.jsonl import read_jsonl
+from salmon_wf.data.scores_file import read_scores_file
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +59,11 @@ def test_every_output_has_the_right_counts_and_schema(done_run: Path) -> None:
     for j in judgments:
         s12, s21 = j["relative_score"]
         assert j["preference"] == (1 if s12 > 0 and s21 > 0 else 2 if s12 < 0 and s21 < 0 else 0)
+    # The aggregation's input: the same judgments, in order, as Arrow columns.
+    score_ids, dims, scores = read_scores_file(results / "judgments.scores.arrow")
+    assert score_ids.to_pylist() == [j["id"] for j in judgments]
+    assert dims.to_pylist() == [j["dimension"] for j in judgments]
+    assert scores.tolist() == [j["relative_score"] for j in judgments]
     records = json.loads((results / "preferences.json").read_text())
     assert records == list(read_jsonl(results / "preferences.jsonl"))
     assert records
@@ -91,6 +97,7 @@ def test_every_result_is_readable_as_the_umask_allows(done_run: Path) -> None:
     names = {p.name for p in files}
     assert {"prompts.jsonl", "pairs.jsonl", "judgments.jsonl", "preferences.json"} <= names
     assert {"shard-0-of-2.jsonl", "judgments.summary.json", "preferences.stats.json"} <= names
+    assert "judgments.scores.arrow" in names
     modes = {p.relative_to(done_run).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files}
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from salmon_wf.data.jsonl import read_jsonl, read_utf8, write_json, write_jsonl
+from salmon_wf.data.scores_file import write_scores_file
 from salmon_wf.errors import ConfigError, RecordError
 
 
@@ -26,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument(
         "--principles", type=Path, help="principle file: judgments are sorted in its order"
+    )
+    parser.add_argument(
+        "--scores",
+        type=Path,
+        help="with --principles: also write the judgments' id, dimension and scores as an Arrow "
+        "file (judgments.scores.arrow, which the aggregation reads without parsing JSON)",
     )
     parser.add_argument("--summaries", nargs="+", type=Path, help="shard summaries to merge")
     parser.add_argument("--summary", type=Path, help="merged summary (with --summaries)")
@@ -154,12 +161,17 @@ def gather_judgments(prompts: Path, shards: list[Path], principles: Path) -> lis
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.scores is not None and args.principles is None:
+        raise ConfigError("needs --principles (scores are written for judgments)", field="--scores")
     if args.principles is None:
         records = gather_responses(args.prompts, args.shards)
     else:
         records = gather_judgments(args.prompts, args.shards, args.principles)
     count = write_jsonl(args.output, records)
     print(f"gathered {count} records from {len(args.shards)} shard(s) into {args.output}")
+    if args.scores is not None:
+        write_scores_file(args.scores, records)
+        print(f"scores of {count} judgments -> {args.scores}")
     if args.summaries:
         if args.summary is None:
             raise ConfigError("needs --summary", field="--summaries")

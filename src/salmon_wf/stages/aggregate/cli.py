@@ -64,7 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="pairs.summary.json: the pairs dropped before judging, by the pair stage's reasons",
     )
-    parser.add_argument("--judgments", required=True, type=Path)
+    parser.add_argument(
+        "--judgments",
+        required=True,
+        type=Path,
+        help="judgments.jsonl, or the gather's judgments.scores.arrow (the same scores, read "
+        "without parsing JSON)",
+    )
     parser.add_argument("--principles", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path, help="preferences (a JSON list)")
     parser.add_argument("--output-jsonl", type=Path, help="the same records, one per line")

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from salmon_wf.data.jsonl import decoded_lines, parse_record
+from salmon_wf.data.scores_file import is_scores_file, read_scores_file
 from salmon_wf.errors import RecordError
 
 BLOCK = 4 << 20  # bytes of JSONL parsed at a time
@@ -198,21 +199,25 @@ class Scores:
 def read_scores(
     judgments: Path, ids: pa.Array, dimensions: Sequence[str], known: Sequence[str]
 ) -> Scores:
-    """The judgments of the pairs `ids`, by id and dimension; `known`: the principle file's."""
+    """The judgments of the pairs `ids`, by id and dimension; `known`: the principle file's.
+
+    `judgments` is judgments.jsonl, or the gather's judgments.scores.arrow (data/scores_file.py:
+    the same columns without parsing JSON).
+    """
     n_pairs = len(ids)
-    table = read_table(judgments, JUDGMENT_SCHEMA)
-    dim_of = pc.index_in(table.column("dimension"), value_set=pa.array(list(known), pa.string()))
+    judgment_ids, judged_dims, all_scores = _judgment_columns(judgments)
+    dim_of = pc.index_in(judged_dims, value_set=pa.array(list(known), pa.string()))
     if dim_of.null_count:
         row = int(np.flatnonzero(~dim_of.is_valid().to_numpy(zero_copy_only=False))[0])
-        bad = table.column("dimension")[row].as_py()
+        bad = judged_dims[row].as_py()
         raise RecordError(f"{judgments} record {row + 1}: dimension {bad!r} is not a principle")
-    pair_of = pc.index_in(table.column("id"), value_set=ids)
+    pair_of = pc.index_in(judgment_ids, value_set=ids)
     matched = pair_of.is_valid().to_numpy(zero_copy_only=False)
     pair = pair_of.fill_null(0).to_numpy()[matched].astype(np.int64)
     dim = dim_of.to_numpy()[matched].astype(np.int64)
-    scores = pc.list_flatten(table.column("relative_score")).to_numpy().reshape(-1, 2)[matched]
-    n_judgments = table.num_rows
-    del table, dim_of, pair_of
+    scores = all_scores[matched]
+    n_judgments = len(judgment_ids)
+    del judgment_ids, judged_dims, all_scores, dim_of, pair_of
     pa.default_memory_pool().release_unused()
 
     n_known = len(known)
@@ -248,6 +253,15 @@ def read_scores(
         },
     }
     return Scores(s12, s21, kept, counts)
+
+
+def _judgment_columns(path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.ndarray]:
+    """ids, dimensions and (N, 2) scores of a judgments file, JSONL or Arrow scores file."""
+    if is_scores_file(path):
+        return read_scores_file(path)
+    table = read_table(path, JUDGMENT_SCHEMA)
+    scores = pc.list_flatten(table.column("relative_score")).to_numpy().reshape(-1, 2)
+    return table.column("id"), table.column("dimension"), scores
 
 
 @dataclass
