@@ -18,7 +18,9 @@ from salmon_wf.engine.sampler import (
     choose_tokens,
 )
 from salmon_wf.engine.scorer import PrefixScorer
-from salmon_wf.model.loader import LoadedModel
+from salmon_wf.model.dtypes import cpu_bf16_flags
+from salmon_wf.model.loader import LoadedModel, load_model
+from salmon_wf.model.parallel import ParallelContext
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24, stop=("###",), seed=7)
 SAMPLED = SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=24, stop=("###",), seed=7)
@@ -58,6 +60,28 @@ def test_same_text_for_batch_sizes_shards_and_prefix_cache(
         sharded |= {k: c.text for k, c in run(sampler, requests[shard::3], params).items()}
         assert sampler.stats["prefix_hits"] == len(requests[shard::3])
     assert sharded == texts
+
+
+@pytest.mark.skipif(
+    "amx_bf16" not in cpu_bf16_flags(),
+    reason="bf16 batch invariance is measured on AMX CPUs only (docs/benchmarks.md)",
+)
+def test_bf16_attention_reads_each_rows_own_keys(
+    tiny_dir: Path, single_rank: ParallelContext
+) -> None:
+    """Padding a row's keys to its batch's longest changed its bf16 attention's bits (4-5 of 11
+    texts here at batch 3 or 8); row by row, the text is the batch-of-one text
+    (tests/test_real_model.py checks the prefill on the real model)."""
+    bf16 = load_model(tiny_dir, single_rank, dtype="bf16")
+    requests = make_requests(bf16)
+
+    def texts(batch: int) -> dict[str, str]:
+        got = run(Sampler(bf16.model, bf16.tokenizer, max_batch=batch), requests, SAMPLED)
+        return {k: c.text for k, c in got.items()}
+
+    alone = texts(1)
+    assert len(set(alone.values())) > 5
+    assert texts(3) == alone and texts(8) == alone
 
 
 def test_same_seed_same_bytes_other_seed_other_text(tiny: LoadedModel) -> None:

@@ -230,7 +230,15 @@ class Sampler:
         )
 
     def _prefill(self, cache: KVCache, entries: list[tuple[int, _Slot]]) -> torch.Tensor:
-        """Run the new prompts (after any shared prefix) as one right-padded batch."""
+        """Run the new prompts (after any shared prefix): on a CPU one at a time, elsewhere as one
+        right-padded batch.
+
+        A CPU's bf16 products change kernels with the row count (oneDNN on an Intel Xeon with AMX:
+        a row's bits are its own up to 32 rows per product, not beyond), so a prompt prefilled
+        with others could get other logits than alone: in bf16, 12 of 16 demo prompts sampled
+        other text at batch 8 than at batch 1. Alone, its products are the same whatever its
+        batch; decode steps have one row per prompt (max_batch rows).
+        """
         device = self.model.device
         starts, suffixes = [], []
         p = len(self.prefix)
@@ -245,23 +253,37 @@ class Sampler:
             else:
                 starts.append(0)
                 suffixes.append(ids)
-        width = max(len(s) for s in suffixes)
-        tokens = torch.zeros((len(entries), width), dtype=torch.long)
-        for r, suffix in enumerate(suffixes):
-            tokens[r, : len(suffix)] = torch.tensor(suffix)
-        rows = torch.tensor([i for i, _ in entries], device=device)
-        last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
-        logits = self.model(
-            tokens.to(device),
-            torch.tensor(starts, device=device),
-            cache,
-            rows,
-            last,
-            exact_head=False,
-        )
+        rows = [i for i, _ in entries]
+        if device.type == "cpu":  # one prompt per forward: see the docstring
+            parts = [
+                self._prefill_rows(cache, [row], [start], [suffix])
+                for row, start, suffix in zip(rows, starts, suffixes, strict=True)
+            ]
+            logits = torch.cat(parts)
+        else:
+            logits = self._prefill_rows(cache, rows, starts, suffixes)
         for (_, slot), start, suffix in zip(entries, starts, suffixes, strict=True):
             slot.position = start + len(suffix)
         return logits
+
+    def _prefill_rows(
+        self, cache: KVCache, rows: list[int], starts: list[int], suffixes: list[list[int]]
+    ) -> torch.Tensor:
+        """Logits at the last token of each suffix, run as one right-padded batch into `rows`."""
+        device = self.model.device
+        width = max(len(s) for s in suffixes)
+        tokens = torch.zeros((len(suffixes), width), dtype=torch.long)
+        for r, suffix in enumerate(suffixes):
+            tokens[r, : len(suffix)] = torch.tensor(suffix)
+        return self.model(
+            tokens.to(device),
+            torch.tensor(starts, device=device),
+            cache,
+            torch.tensor(rows, device=device),
+            torch.tensor([len(s) - 1 for s in suffixes], device=device),
+            exact_head=False,
+            lengths=[len(s) for s in suffixes],
+        )
 
     def _advance(
         self,

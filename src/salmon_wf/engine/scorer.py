@@ -113,7 +113,8 @@ class PrefixScorer:
             for r, node in enumerate(chunk):
                 tokens[r, : len(node.edge)] = torch.tensor(node.edge)
             last = torch.tensor([len(n.edge) - 1 for n in chunk], device=device)
-            logits = model(tokens.to(device), length, work, None, last)
+            edges = [len(n.edge) for n in chunk]
+            logits = model(tokens.to(device), length, work, None, last, lengths=edges)
             self.stats["forwards"] += 1
             self.stats["tokens_run"] += sum(len(n.edge) for n in chunk)
             picked = logits.index_select(-1, ids).float().cpu()

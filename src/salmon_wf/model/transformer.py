@@ -182,6 +182,11 @@ class _Step:
     # [B, 1, T, length] causal mask over the cache, additive (0 / -inf) in the model's dtype:
     # SDPA would otherwise convert a boolean mask in each of the layers (same result, slower).
     visible: torch.Tensor | None = None
+    # On a CPU, attention over the cache runs row by row on each row's own tokens and keys
+    # (Attention.forward): (cache row, real tokens, keys) per batch row, and each row's own
+    # causal mask (None for a single token, which sees every key).
+    rows: list[tuple[int, int, int]] | None = None
+    row_masks: list[torch.Tensor | None] | None = None
 
 
 def _project(
@@ -259,6 +264,8 @@ class Attention(nn.Module):
             row_index = step.cache_rows[:, None].expand(bsz, seqlen)
             cache_k[row_index, :, step.positions] = k
             cache_v[row_index, :, step.positions] = v
+            if step.rows is not None:
+                return _row(self.wo, self._attend_rows(q, cache_k, cache_v, step, bsz, seqlen))
             length = step.length
             if step.rows_are_prefix:  # rows 0..B-1: a view, no copy
                 keys, values = cache_k[:bsz, :, :length], cache_v[:bsz, :, :length]
@@ -269,6 +276,35 @@ class Attention(nn.Module):
                 q, keys, values, attn_mask=step.visible, enable_gqa=True
             )
         return _row(self.wo, out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+    @staticmethod
+    def _attend_rows(
+        q: torch.Tensor,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+        step: _Step,
+        bsz: int,
+        seqlen: int,
+    ) -> torch.Tensor:
+        """Attention of each row alone: its real queries over exactly its own keys.
+
+        A batched call pads every row's keys to the longest row's and masks the rest; the kernel's
+        loops then run over another length, and a row's bits depended on its batch (in bf16 that
+        turned sampled tokens: 27 of 38 demo responses changed between 2 and 3 shards). Alone,
+        a row's attention is the same call whatever batch it is in; padded queries get zeros.
+        """
+        assert step.rows is not None and step.row_masks is not None
+        out = q.new_zeros(q.shape)
+        spans = zip(step.rows, step.row_masks, strict=True)
+        for i, ((row, real, length), mask) in enumerate(spans):
+            out[i, :, :real] = F.scaled_dot_product_attention(
+                q[i : i + 1, :, :real],
+                cache_k[row : row + 1, :, :length],
+                cache_v[row : row + 1, :, :length],
+                attn_mask=mask,
+                enable_gqa=True,
+            )[0]
+        return out.transpose(1, 2).reshape(bsz, seqlen, -1)
 
     def _rotated_qkv(
         self, x: torch.Tensor, step: _Step
@@ -379,6 +415,7 @@ class Transformer(nn.Module):
         cache_rows: torch.Tensor | None = None,
         logits_at: torch.Tensor | None = None,
         exact_head: bool = True,
+        lengths: torch.Tensor | list[int] | None = None,
     ) -> torch.Tensor:
         """Logits for `tokens` [B, T].
 
@@ -388,7 +425,9 @@ class Transformer(nn.Module):
         go through the LM head (returns [B, V]); None returns [B, T, V]. V is vocab_rows: callers
         cut padded rows (Dromedary's model_vocab_size) before choosing or scoring a token.
         exact_head: fp32 logits whatever the model's dtype (the judge); False lets a bf16 model
-        run its LM head in bf16 (sampling, see _head).
+        run its LM head in bf16 (sampling, see _head). lengths: [B] real tokens of each row of a
+        right-padded batch (default: all T); on a CPU, attention over the cache then reads each
+        row's own keys only, so a row's logits do not depend on its batch (_attend_rows).
         """
         bsz, seqlen = tokens.shape
         device = tokens.device
@@ -407,7 +446,15 @@ class Transformer(nn.Module):
         if cache is not None and cache_rows is None:
             cache_rows = torch.arange(bsz, device=device)
         step = _Step(positions, *self.rotary.tables(positions), cache_rows, rows_are_prefix)
-        if cache is not None:
+        if cache is not None and device.type == "cpu":
+            real = [seqlen] * bsz if lengths is None else [int(n) for n in lengths]
+            assert cache_rows is not None
+            step.rows = [
+                (row, n, first + n)
+                for row, n, first in zip(cache_rows.tolist(), real, start.tolist(), strict=True)
+            ]
+            step.row_masks = [self._causal(keys - n, n) for _, n, keys in step.rows]
+        elif cache is not None:
             step.length = int(positions.max()) + 1
             keys = torch.arange(step.length, device=device)
             hidden = (keys[None, None, :] > positions[:, :, None]).unsqueeze(1)
@@ -420,6 +467,16 @@ class Transformer(nn.Module):
         if logits_at is not None:
             h = h[torch.arange(bsz, device=device), logits_at.to(device)]
         return self._head(self.norm(h.float()), exact_head)
+
+    def _causal(self, first: int, count: int) -> torch.Tensor | None:
+        """Additive mask [1, 1, count, first + count]: the token at first + t sees keys up to
+        first + t. None for one token, which sees every key."""
+        if count == 1:
+            return None
+        keys = torch.arange(first + count, device=self.device)
+        queries = first + torch.arange(count, device=self.device)
+        mask = torch.zeros((1, 1, count, first + count), dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(keys[None, :] > queries[:, None], float("-inf"))
 
     def _head(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
         """fp32 logits from the fp32 final norm; exact: computed in fp32 whatever the dtype.
