@@ -304,7 +304,7 @@ def test_gather_takes_no_setting() -> None:
     parser = build_parser(only="gather")
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     dests = {a.dest for a in sub.choices["gather"]._actions} - {"help"}
-    assert dests == {"prompts", "shards", "output", "principles", "summaries", "summary"}
+    assert dests == {"prompts", "shards", "output", "principles", "scores", "summaries", "summary"}
     assert all(v is None for k, v in vars(parse("gather")).items() if k not in REQUIRED_DESTS)
 
 
@@ -379,8 +379,8 @@ def test_the_default_configs_commands_are_those_jobs_already_ran() -> None:
         " --meta-prompt src/salmon_wf/resources/system_prompt.txt --batch-size 8"
         " --long-prompt-policy skip --max-shared-seq-len 0"
     )
-    assert C.command_flags("model", config["model"]) == (
-        "--dtype fp32 --device auto --max-seq-len 2048 --threads 1"
+    assert C.command_flags("model", config["model"]) == (  # auto since issue 16 (was fp32)
+        "--dtype auto --device auto --max-seq-len 2048 --threads 1"
     )
     assert C.command_flags("aggregate", config["aggregate"]) == (
         "--seed 42 --passes 4 --geometric-p 0.2 --max-principles 8 --negation-prob 0.5"

@@ -12,6 +12,7 @@ import pytest
 from test_aggregate import DIMS, USED, principles_file, run_cli, write_inputs
 
 from salmon_wf import cli
+from salmon_wf.data import scores_file
 from salmon_wf.data.scores_file import (
     SCHEMA,
     open_scores_file,
@@ -54,7 +55,11 @@ def test_gather_writes_the_jsonl_scores_as_arrow(tmp_path: Path) -> None:
         cli.run_command(responses)
 
 
-def test_aggregate_reads_the_same_bytes_from_either_file(tmp_path: Path) -> None:
+def test_aggregate_reads_the_same_bytes_from_either_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the scores file is named (it is known by its first bytes) or how many batches
+    the gather wrote it in."""
     rng = np.random.default_rng(3)
     pairs = [
         {"id": f"s{i}", "scores": {d: tuple(rng.normal(size=2)) for d in DIMS}} for i in range(25)
@@ -65,8 +70,10 @@ def test_aggregate_reads_the_same_bytes_from_either_file(tmp_path: Path) -> None
     _, stats = run_cli(tmp_path, (pairs_file, summary, judgments), "--seed", "4")
     from_jsonl = [(tmp_path / "out" / n).read_bytes() for n in names]
     assert stats["pairs_dropped"]["non_finite_score"] == 1
-    arrow = tmp_path / "judgments.scores.arrow"
+    arrow = tmp_path / "scores.bin"
+    monkeypatch.setattr(scores_file, "BATCH_ROWS", 7)  # 125 judgments in 18 batches
     write_scores_file(arrow, _records(judgments))
+    assert pa.ipc.open_file(str(arrow)).num_record_batches == 18
     run_cli(tmp_path, (pairs_file, summary, arrow), "--seed", "4")
     assert [(tmp_path / "out" / n).read_bytes() for n in names] == from_jsonl
 

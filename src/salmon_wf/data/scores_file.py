@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from salmon_wf.data.atomic import atomic_file
 from salmon_wf.errors import RecordError
 
-SUFFIX = ".arrow"
+BATCH_ROWS = 1 << 20  # records per batch the gather writes (a string column's offsets are 32-bit)
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -69,10 +69,11 @@ def write_scores_file(path: Path, records: Sequence[dict[str, Any]]) -> None:
     index = {d: i for i, d in enumerate(dimensions)}
     scores = np.array([r["relative_score"] for r in records], dtype=np.float64).reshape(-1, 2)
     with open_scores_file(path, dimensions) as write:
-        if records:
-            ids = [r["id"] for r in records]
-            dims = np.array([index[r["dimension"]] for r in records], dtype=np.int32)
-            write(ids, dims, scores[:, 0], scores[:, 1])
+        for start in range(0, len(records), BATCH_ROWS):  # ids under 2 GiB per batch
+            chunk = records[start : start + BATCH_ROWS]
+            dims = np.array([index[r["dimension"]] for r in chunk], dtype=np.int32)
+            part = scores[start : start + BATCH_ROWS]
+            write([r["id"] for r in chunk], dims, part[:, 0], part[:, 1])
 
 
 def read_scores_file(path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.ndarray]:
@@ -106,6 +107,14 @@ def read_scores_file(path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.n
     return table.column("id"), dimensions, scores
 
 
+MAGIC = b"ARROW1"  # how an Arrow IPC file starts
+
+
 def is_scores_file(path: Path) -> bool:
-    """Whether the aggregation reads `path` as a scores file (by its name) or as JSONL."""
-    return path.suffix == SUFFIX
+    """Whether `path` is an Arrow IPC file (by its first bytes, whatever its name): the
+    aggregation reads it as a scores file, anything else as JSONL."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(MAGIC)) == MAGIC
+    except OSError:  # missing or unreadable: the JSONL reader names the problem
+        return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # The row count oneDNN is told to expect when it picks the blocked layout. Any row count runs on
@@ -27,14 +28,23 @@ PACK_HINT_ROWS = 256
 
 @cache
 def packing_available() -> bool:
-    """Whether this torch build can pack bf16 weights for oneDNN on this CPU."""
+    """Whether this torch build packs bf16 weights for oneDNN on this CPU: the ops exist and a
+    small packed product runs and matches F.linear's (anything else keeps the dense path)."""
     ops = torch.ops.mkldnn
-    return (
+    if not (
         torch.backends.mkldnn.is_available()
         and hasattr(ops, "_reorder_linear_weight")
         and hasattr(ops, "_linear_pointwise")
-        and bool(ops._is_mkldnn_bf16_supported())
-    )
+    ):
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        weight = torch.randn(48, 64, generator=gen).bfloat16()
+        x = torch.randn(3, 64, generator=gen).bfloat16()
+        product = packed_linear(x, pack_weight(weight)).float()
+        return bool(torch.allclose(product, F.linear(x, weight).float(), rtol=2e-2, atol=2e-2))
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -58,7 +68,8 @@ def pack_projections(model: nn.Module) -> int:
     packed layer's `weight` becomes None, so nothing reads a stale dense copy, and memory stays
     one copy. The LM head stays dense: the judge multiplies an fp32 copy of it and sampling packs
     its own (Transformer._head). A model that is not bf16 on a CPU, or a torch without the ops,
-    is left alone (returns 0).
+    is left alone (returns 0). A packed model is for inference: its state_dict lacks the packed
+    projections, and packed tensors cannot be copied (deepcopy, pickle) or moved to a GPU.
     """
     blocks = [m for m in model.modules() if hasattr(m, "attention") and hasattr(m, "feed_forward")]
     if not blocks or not packing_available():
@@ -66,15 +77,21 @@ def pack_projections(model: nn.Module) -> int:
     first = blocks[0].attention.wq.weight
     if first is None or first.dtype != torch.bfloat16 or first.device.type != "cpu":
         return 0
-    for block in blocks:
-        attention, ffn = block.attention, block.feed_forward
-        projections = (attention.wq, attention.wk, attention.wv)
-        attention.packed_qkv = pack_weight(torch.cat([p.weight for p in projections]))
-        biases = [p.bias for p in projections]
-        attention.packed_qkv_bias = None if biases[0] is None else torch.cat(biases)
-        ffn.packed_w13 = pack_weight(torch.cat([ffn.w1.weight, ffn.w3.weight]))
-        for layer in (attention.wo, ffn.w2):
-            layer.packed_weight = pack_weight(layer.weight)
-        for layer in (*projections, attention.wo, ffn.w1, ffn.w2, ffn.w3):
-            layer.weight = None
+    with torch.no_grad():
+        for block in blocks:
+            _pack_block(block)
     return 4 * len(blocks)
+
+
+def _pack_block(block: nn.Module) -> None:
+    """One layer's four packed products (see pack_projections)."""
+    attention, ffn = block.attention, block.feed_forward
+    projections = (attention.wq, attention.wk, attention.wv)
+    attention.packed_qkv = pack_weight(torch.cat([p.weight for p in projections]))
+    biases = [p.bias for p in projections]
+    attention.packed_qkv_bias = None if biases[0] is None else torch.cat(biases)
+    ffn.packed_w13 = pack_weight(torch.cat([ffn.w1.weight, ffn.w3.weight]))
+    for layer in (attention.wo, ffn.w2):
+        layer.packed_weight = pack_weight(layer.weight)
+    for layer in (*projections, attention.wo, ffn.w1, ffn.w2, ffn.w3):
+        layer.weight = None

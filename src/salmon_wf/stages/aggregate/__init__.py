@@ -3,7 +3,8 @@
 The command (`salmon-wf aggregate`; its docstring is the stage's full description) is cli.py;
 the rest is one module per job, in the order the data flows:
 
-- tables.py: reading pairs.jsonl, pairs.summary.json and judgments.jsonl, joined by id
+- tables.py: reading pairs.jsonl, pairs.summary.json and the judgments (judgments.jsonl or
+  the gather's judgments.scores.arrow, data/scores_file.py), joined by id
 - languages.py: the languages of every pair's instruction and outputs, by name
 - language_file.py: pairs.languages.jsonl, those languages as a file (`salmon-wf languages`,
   stages/languages.py, writes it; with --languages the aggregation reads it)

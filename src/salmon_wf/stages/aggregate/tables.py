@@ -1,4 +1,6 @@
-"""Reading the aggregation's tables: pairs.jsonl, pairs.summary.json and judgments.jsonl, joined.
+"""Reading the aggregation's tables: pairs.jsonl, pairs.summary.json and the judgments, joined.
+
+The judgments are judgments.jsonl or the gather's Arrow copy of their scores (scores_file.py).
 
 Arrow parses the JSONL (fast, multi-threaded, streamed); a file Arrow rejects goes to a strict
 line reader that builds the same table or names the bad line and field. The judgments join the
