@@ -49,13 +49,13 @@ def test_packed_projections_give_the_dense_logits(bias: bool, single_rank: Paral
     assert packed.output.weight is not None  # the LM head stays dense (the judge's fp32 copy)
     tokens = torch.randint(3, 97, (3, 11), generator=torch.Generator().manual_seed(1))
     _assert_same_bf16_maths(packed(tokens), dense(tokens))
-    _assert_same_bf16_maths(packed(tokens, exact_head=False), dense(tokens, exact_head=False))
+    _assert_same_bf16_maths(packed(tokens, exact=False), dense(tokens, exact=False))
     # Decoding with a KV cache: a 9-token prefill, then two steps of one token per row.
     outs = []
     for model in (packed, dense):
         cache = KVCache.allocate(model, 3, 32)
         last = torch.full((3,), 8)
-        steps = [model(tokens[:, :9], 0, cache, logits_at=last, exact_head=False)]
+        steps = [model(tokens[:, :9], 0, cache, logits_at=last, exact=False)]
         for pos in (9, 10):
             step = model(tokens[:, pos : pos + 1], pos, cache, logits_at=torch.zeros(3).long())
             steps.append(step)
@@ -93,8 +93,8 @@ def test_the_sampling_heads_packed_copy_follows_a_changed_weight(
     model = _random_bf16()
     pack_projections(model)
     tokens = torch.randint(3, 97, (2, 5), generator=torch.Generator().manual_seed(3))
-    before = model(tokens, exact_head=False)
+    before = model(tokens, exact=False)
     with torch.no_grad():
         model.output.weight.mul_(2)  # in place: same storage, a new version
-    after = model(tokens, exact_head=False)
+    after = model(tokens, exact=False)
     torch.testing.assert_close(after, 2 * before)  # x 2 is exact in bf16

@@ -96,14 +96,14 @@ def test_auto_loads_what_it_reports(tiny_dir: Path, single_rank: ParallelContext
 def test_bf16_head_choice_exact_for_the_judge_rounded_for_sampling(
     tiny_dir: Path, single_rank: ParallelContext
 ) -> None:
-    """exact_head (the judge's): the fp32 product of the bf16 weights; False (sampling): the
+    """exact (the judge's): the fp32 product of the bf16 weights; False (sampling): the
     bf16 product, within bf16 rounding of it, still returned as fp32 for the fp32 softmax."""
     bf16 = load_model(tiny_dir, single_rank, dtype="bf16").model
     ids = bf16.args.vocab_size
     tokens = torch.randint(3, ids, (2, 9), generator=torch.Generator().manual_seed(1))
     last = torch.tensor([8, 5])
     exact = bf16(tokens, logits_at=last)
-    rounded = bf16(tokens, logits_at=last, exact_head=False)
+    rounded = bf16(tokens, logits_at=last, exact=False)
     assert exact.dtype == rounded.dtype == torch.float32
     # The exact head multiplies the fp32 final norm by the (exactly representable) bf16 weights.
     hidden = torch.randn(2, bf16.args.dim, generator=torch.Generator().manual_seed(2))

@@ -193,7 +193,7 @@ class Sampler:
                     cache,
                     None if contiguous else rows,
                     torch.zeros_like(starts),
-                    exact_head=False,
+                    exact=False,
                 )
                 self.stats["decode_steps"] += 1
                 for i in active:
@@ -281,7 +281,7 @@ class Sampler:
             cache,
             torch.tensor(rows, device=device),
             torch.tensor([len(s) - 1 for s in suffixes], device=device),
-            exact_head=False,
+            exact=False,
             lengths=[len(s) for s in suffixes],
         )
 

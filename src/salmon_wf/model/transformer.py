@@ -187,6 +187,7 @@ class _Step:
     # causal mask (None for a single token, which sees every key).
     rows: list[tuple[int, int, int]] | None = None
     row_masks: list[torch.Tensor | None] | None = None
+    attention_dtype: torch.dtype | None = None  # the row path's: fp32 for the judge (exact)
 
 
 def _project(
@@ -292,15 +293,20 @@ class Attention(nn.Module):
         loops then run over another length, and a row's bits depended on its batch (in bf16 that
         turned sampled tokens: 27 of 38 demo responses changed between 2 and 3 shards). Alone,
         a row's attention is the same call whatever batch it is in; padded queries get zeros.
+
+        For the judge (exact) a bf16 model attends in fp32 (bf16 flash attention rounds its
+        softmax weights to bf16): on the embedded default, 194 instead of 192 of 198 decisions
+        equal to fp32's, max score difference 0.067 instead of 0.082 (docs/benchmarks.md).
         """
         assert step.rows is not None and step.row_masks is not None
         out = q.new_zeros(q.shape)
+        kind = step.attention_dtype or q.dtype
         spans = zip(step.rows, step.row_masks, strict=True)
         for i, ((row, real, length), mask) in enumerate(spans):
             out[i, :, :real] = F.scaled_dot_product_attention(
-                q[i : i + 1, :, :real],
-                cache_k[row : row + 1, :, :length],
-                cache_v[row : row + 1, :, :length],
+                q[i : i + 1, :, :real].to(kind),
+                cache_k[row : row + 1, :, :length].to(kind),
+                cache_v[row : row + 1, :, :length].to(kind),
                 attn_mask=mask,
                 enable_gqa=True,
             )[0]
@@ -414,7 +420,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         cache_rows: torch.Tensor | None = None,
         logits_at: torch.Tensor | None = None,
-        exact_head: bool = True,
+        exact: bool = True,
         lengths: torch.Tensor | list[int] | None = None,
     ) -> torch.Tensor:
         """Logits for `tokens` [B, T].
@@ -424,10 +430,11 @@ class Transformer(nn.Module):
         sees every earlier position of the row. logits_at: [B] index into T; only those positions
         go through the LM head (returns [B, V]); None returns [B, T, V]. V is vocab_rows: callers
         cut padded rows (Dromedary's model_vocab_size) before choosing or scoring a token.
-        exact_head: fp32 logits whatever the model's dtype (the judge); False lets a bf16 model
-        run its LM head in bf16 (sampling, see _head). lengths: [B] real tokens of each row of a
-        right-padded batch (default: all T); on a CPU, attention over the cache then reads each
-        row's own keys only, so a row's logits do not depend on its batch (_attend_rows).
+        exact: the judge's precision whatever the model's dtype: fp32 logits (see _head) and, on a
+        CPU, attention over the cache in fp32 (_attend_rows); False lets a bf16 model run both in
+        bf16 (sampling). lengths: [B] real tokens of each row of a right-padded batch (default:
+        all T); on a CPU, attention over the cache then reads each row's own keys only, so a
+        row's logits do not depend on its batch (_attend_rows).
         """
         bsz, seqlen = tokens.shape
         device = tokens.device
@@ -453,7 +460,10 @@ class Transformer(nn.Module):
                 (row, n, first + n)
                 for row, n, first in zip(cache_rows.tolist(), real, start.tolist(), strict=True)
             ]
-            step.row_masks = [self._causal(keys - n, n) for _, n, keys in step.rows]
+            fp32 = exact and self.dtype != torch.float32
+            dtype = torch.float32 if fp32 else self.dtype
+            step.row_masks = [self._causal(keys - n, n, dtype) for _, n, keys in step.rows]
+            step.attention_dtype = dtype
         elif cache is not None:
             step.length = int(positions.max()) + 1
             keys = torch.arange(step.length, device=device)
@@ -466,16 +476,16 @@ class Transformer(nn.Module):
             h = layer(h, step, layer_cache)
         if logits_at is not None:
             h = h[torch.arange(bsz, device=device), logits_at.to(device)]
-        return self._head(self.norm(h.float()), exact_head)
+        return self._head(self.norm(h.float()), exact)
 
-    def _causal(self, first: int, count: int) -> torch.Tensor | None:
-        """Additive mask [1, 1, count, first + count]: the token at first + t sees keys up to
-        first + t. None for one token, which sees every key."""
+    def _causal(self, first: int, count: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive mask [1, 1, count, first + count] in `dtype`: the token at first + t sees
+        keys up to first + t. None for one token, which sees every key."""
         if count == 1:
             return None
         keys = torch.arange(first + count, device=self.device)
         queries = first + torch.arange(count, device=self.device)
-        mask = torch.zeros((1, 1, count, first + count), dtype=self.dtype, device=self.device)
+        mask = torch.zeros((1, 1, count, first + count), dtype=dtype, device=self.device)
         return mask.masked_fill_(keys[None, :] > queries[:, None], float("-inf"))
 
     def _head(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
