@@ -130,3 +130,15 @@ def test_batches_share_one_dimension_dictionary_and_empty_is_valid(tmp_path: Pat
     write_scores_file(path, [])
     ids, dims, scores = read_scores_file(path)
     assert len(ids) == len(dims) == 0 and scores.shape == (0, 2)
+
+
+def test_an_unknown_dimension_in_a_scores_file_names_its_record(tmp_path: Path) -> None:
+    pairs_file, summary, judgments = write_inputs(
+        tmp_path, [{"id": "a", "scores": {d: (1.0, 1.0) for d in DIMS}}]
+    )
+    records = _records(judgments)
+    records[3]["dimension"] = "Nope"
+    arrow = tmp_path / "judgments.scores.arrow"
+    write_scores_file(arrow, records)
+    with pytest.raises(RecordError, match=f"^{arrow} record 4: dimension 'Nope' is not a"):
+        run_cli(tmp_path, (pairs_file, summary, arrow))

@@ -208,15 +208,15 @@ def read_scores(
     """
     n_pairs = len(ids)
     judgment_ids, judged_dims, all_scores = _judgment_columns(judgments)
-    dim_of = pc.index_in(judged_dims, value_set=pa.array(list(known), pa.string()))
-    if dim_of.null_count:
-        row = int(np.flatnonzero(~dim_of.is_valid().to_numpy(zero_copy_only=False))[0])
+    dim_of = _dimension_index(judged_dims, known)
+    if (dim_of < 0).any():
+        row = int(np.flatnonzero(dim_of < 0)[0])
         bad = judged_dims[row].as_py()
         raise RecordError(f"{judgments} record {row + 1}: dimension {bad!r} is not a principle")
     pair_of = pc.index_in(judgment_ids, value_set=ids)
     matched = pair_of.is_valid().to_numpy(zero_copy_only=False)
     pair = pair_of.fill_null(0).to_numpy()[matched].astype(np.int64)
-    dim = dim_of.to_numpy()[matched].astype(np.int64)
+    dim = dim_of[matched]
     scores = all_scores[matched]
     n_judgments = len(judgment_ids)
     del judgment_ids, judged_dims, all_scores, dim_of, pair_of
@@ -255,6 +255,21 @@ def read_scores(
         },
     }
     return Scores(s12, s21, kept, counts)
+
+
+def _dimension_index(dimensions: pa.ChunkedArray, known: Sequence[str]) -> np.ndarray:
+    """Each judgment's index in `known`, -1 for a name not there; a dictionary-encoded column
+    (the scores file's) is looked up once per dictionary entry, not once per judgment."""
+    value_set = pa.array(list(known), pa.string())
+    parts = [np.empty(0, np.int64)]
+    for chunk in dimensions.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            codes = pc.index_in(chunk.dictionary, value_set=value_set).fill_null(-1).to_numpy()
+            parts.append(codes.astype(np.int64)[chunk.indices.to_numpy()])
+        else:
+            found = pc.index_in(chunk, value_set=value_set).fill_null(-1).to_numpy()
+            parts.append(found.astype(np.int64))
+    return np.concatenate(parts)
 
 
 def _judgment_columns(path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.ndarray]:
