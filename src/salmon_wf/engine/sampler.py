@@ -18,8 +18,9 @@ import torch
 
 from salmon_wf.config import command_defaults
 from salmon_wf.engine.context import fit_prompt
+from salmon_wf.model.kv_cache import KVCache
 from salmon_wf.model.tokenizer import Tokenizer
-from salmon_wf.model.transformer import KVCache, Transformer
+from salmon_wf.model.transformer import Transformer
 
 _RUN = command_defaults("generate")  # the schema's sampling run defaults
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from salmon_wf.engine.context import common_prefix
-from salmon_wf.model.transformer import KVCache, Transformer
+from salmon_wf.model.kv_cache import KVCache
+from salmon_wf.model.transformer import Transformer
 
 
 @dataclass

@@ -7,7 +7,6 @@ and the LM head can be applied only at chosen positions (scoring and prefill nee
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +27,9 @@ from torch import nn
 from salmon_wf.errors import CheckpointError
 from salmon_wf.model.checkpoint import embedding_split
 from salmon_wf.model.cpu_packing import pack_weight, packed_linear, packing_available
+from salmon_wf.model.kv_cache import KVCache
 from salmon_wf.model.params import ModelArgs
+from salmon_wf.model.rotary import Rotary
 
 
 def _keep(x: torch.Tensor) -> torch.Tensor:
@@ -60,113 +61,6 @@ class RMSNorm(nn.Module):
         elementwise ops (pow, mean, add, rsqrt, mul), not one fused kernel.
         """
         return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
-
-
-def scaled_inv_freq(inv: torch.Tensor, scaling: dict[str, Any] | None) -> torch.Tensor:
-    """Inverse frequencies after `rope_scaling` (validated by params.check_rope_scaling).
-
-    linear: positions / factor, i.e. every frequency / factor. llama3 (LLaMA 3.1+): wavelengths
-    shorter than L / high_freq_factor stay, longer than L / low_freq_factor are divided by the
-    factor, and the band between blends the two linearly in L / wavelength (L = the original
-    context). It changes logits at every length, so it is applied, never approximated.
-    """
-    if scaling is None:
-        return inv
-    factor = float(scaling["factor"])
-    if scaling["rope_type"] == "linear":
-        return inv / factor
-    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
-    original = float(scaling["original_max_position_embeddings"])
-    wavelength = 2 * math.pi / inv
-    blend = ((original / wavelength - low) / (high - low)).clamp(0, 1)
-    smoothed = (1 - blend) * inv / factor + blend * inv
-    out = torch.where(wavelength > original / low, inv / factor, smoothed)
-    return torch.where(wavelength < original / high, inv, out)
-
-
-class Rotary:
-    """cos/sin tables for Meta's interleaved-pair rotary layout.
-
-    Kept as plain tensors (not buffers) so Module.to(dtype) cannot truncate them.
-    """
-
-    def __init__(
-        self,
-        head_dim: int,
-        max_positions: int,
-        theta: float,
-        scaling: dict[str, Any] | None = None,
-    ) -> None:
-        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-        inv = scaled_inv_freq(inv, scaling)
-        angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv)
-        self.cos = angles.cos().float()
-        self.sin = angles.sin().float()
-
-    def to(self, device: torch.device) -> Rotary:
-        self.cos, self.sin = self.cos.to(device), self.sin.to(device)
-        return self
-
-    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, T, 1, D/2] at `positions` [B, T]: looked up once per forward."""
-        if int(positions.max()) >= self.cos.shape[0]:
-            raise ValueError(f"position {int(positions.max())} beyond rotary table")
-        return self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)
-
-    @staticmethod
-    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Each (even, odd) pair of x rotated, in fp32, one rounding per multiply and add.
-
-        Not as a complex multiply (Meta's formulation, ~10% faster here): torch's CPU kernel
-        fuses it into FMAs in the scalar tail of each thread's slice only, so some elements' bits
-        would depend on the tensor's size and the thread count, i.e. on the batch a row is in.
-        """
-        pairs = x.float().unflatten(-1, (-1, 2))
-        even, odd = pairs[..., 0], pairs[..., 1]
-        out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-        return out.flatten(-2).type_as(x)
-
-
-@dataclass
-class KVCache:
-    """Per-layer key/value tensors [rows, local_kv_heads, max_len, head_dim]."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-    @classmethod
-    def allocate(
-        cls,
-        model: Transformer,
-        rows: int,
-        max_len: int,
-        device: torch.device | None = None,
-        zeroed: bool = True,
-    ) -> KVCache:
-        """zeroed=False: uninitialised memory, for a caller that writes every position it reads
-        before reading it (a masked position must hold a finite value: 0 x NaN is NaN)."""
-        shape = (rows, model.local_kv_heads, max_len, model.args.head_dim)
-        dtype = model.dtype
-        device = device or model.device
-        new = torch.zeros if zeroed else torch.empty
-        n = model.args.n_layers
-        return cls(
-            keys=[new(shape, dtype=dtype, device=device) for _ in range(n)],
-            values=[new(shape, dtype=dtype, device=device) for _ in range(n)],
-        )
-
-    @property
-    def rows(self) -> int:
-        return self.keys[0].shape[0]
-
-    @property
-    def max_len(self) -> int:
-        return self.keys[0].shape[2]
-
-    def copy_rows(self, src: KVCache, src_rows: torch.Tensor, dst_rows: torch.Tensor, length: int):
-        """Copy the first `length` positions of src rows into our rows (prefix reuse)."""
-        for mine, theirs in zip(self.keys + self.values, src.keys + src.values, strict=True):
-            mine[dst_rows, :, :length] = theirs[src_rows, :, :length]
 
 
 @dataclass
