@@ -47,7 +47,9 @@ class KVCache:
     def max_len(self) -> int:
         return self.keys[0].shape[2]
 
-    def copy_rows(self, src: KVCache, src_rows: torch.Tensor, dst_rows: torch.Tensor, length: int):
+    def copy_rows(
+        self, src: KVCache, src_rows: torch.Tensor, dst_rows: torch.Tensor, length: int
+    ) -> None:
         """Copy the first `length` positions of src rows into our rows (prefix reuse)."""
         for mine, theirs in zip(self.keys + self.values, src.keys + src.values, strict=True):
             mine[dst_rows, :, :length] = theirs[src_rows, :, :length]

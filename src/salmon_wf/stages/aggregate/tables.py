@@ -263,12 +263,10 @@ def _dimension_index(dimensions: pa.ChunkedArray, known: Sequence[str]) -> np.nd
     value_set = pa.array(list(known), pa.string())
     parts = [np.empty(0, np.int64)]
     for chunk in dimensions.chunks:
-        if pa.types.is_dictionary(chunk.type):
-            codes = pc.index_in(chunk.dictionary, value_set=value_set).fill_null(-1).to_numpy()
-            parts.append(codes.astype(np.int64)[chunk.indices.to_numpy()])
-        else:
-            found = pc.index_in(chunk, value_set=value_set).fill_null(-1).to_numpy()
-            parts.append(found.astype(np.int64))
+        encoded = pa.types.is_dictionary(chunk.type)
+        names = chunk.dictionary if encoded else chunk
+        found = pc.index_in(names, value_set=value_set).fill_null(-1).to_numpy().astype(np.int64)
+        parts.append(found[chunk.indices.to_numpy()] if encoded else found)
     return np.concatenate(parts)
 
 
