@@ -204,8 +204,80 @@ def test_a_late_write_error_of_the_list_commits_neither_file(
             yield handle
 
     monkeypatch.setattr(write_module, "atomic_file", failing_list)
+    monkeypatch.setattr(write_module, "DIRECT_IO", False)  # writes through handle.write
     target, copy = tmp_path / "p.json", tmp_path / "p.jsonl"
     raises = pytest.raises(OSError, match="disk full at the end")
     with raises, write_module.preference_files(target, copy) as files:
         files.write(['{"a": 1}'])
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither file, no temporaries
+    # The same by direct I/O, where the list's last bytes go at the sink's close.
+    monkeypatch.setattr(write_module, "atomic_file", real)
+    monkeypatch.setattr(write_module, "DIRECT_IO", True)
+    real_write_all = write_module._write_all
+
+    def failing_end(fd: int, data: memoryview) -> None:
+        if bytes(data).endswith(b"]\n"):
+            raise OSError("disk full at the end")
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(write_module, "_write_all", failing_end)
+    with raises, write_module.preference_files(target, copy) as files:
+        files.write(['{"a": 1}'])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _lines(n: int) -> list[str]:
+    return [json.dumps({"id": i, "text": "é" * (i % 97)}, ensure_ascii=False) for i in range(n)]
+
+
+def test_direct_writes_give_the_same_bytes_across_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines spanning many staging blocks (8 KiB here) come out byte for byte as buffered."""
+    import salmon_wf.stages.aggregate.write as write_module
+
+    lines = _lines(3000)  # ~200 KB: ~25 blocks and a partial one
+    expected_list = ("[\n" + ",\n".join(lines) + "\n]\n").encode()
+    expected_jsonl = "".join(line + "\n" for line in lines).encode()
+    monkeypatch.setattr(write_module, "STAGING", 8192)
+    for direct in (True, False):
+        monkeypatch.setattr(write_module, "DIRECT_IO", direct)
+        target, copy = tmp_path / f"{direct}.json", tmp_path / f"{direct}.jsonl"
+        with write_module.preference_files(target, copy) as files:
+            for start in range(0, len(lines), 700):
+                files.write(lines[start : start + 700])
+        assert target.read_bytes() == expected_list
+        assert copy.read_bytes() == expected_jsonl
+        assert json.loads(target.read_text()) == [json.loads(line) for line in lines]
+
+
+def test_a_refused_direct_write_falls_back_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that takes O_DIRECT's flag but refuses its writes (EINVAL) gets the same
+    bytes buffered, from the refused block on."""
+    import errno
+    import fcntl
+    import os
+
+    import salmon_wf.stages.aggregate.write as write_module
+
+    real_write = os.write
+    refused: list[int] = []
+
+    def picky(fd: int, data: memoryview) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(write_module, "STAGING", 8192)
+    monkeypatch.setattr(write_module, "DIRECT_IO", True)
+    monkeypatch.setattr(write_module.os, "write", picky)
+    lines = _lines(1000)
+    target = tmp_path / "p.json"
+    with write_module.preference_files(target, None) as files:
+        files.write(lines)
+    assert target.read_bytes() == ("[\n" + ",\n".join(lines) + "\n]\n").encode()
+    if hasattr(os, "O_DIRECT"):
+        assert len(refused) == 1  # once, then the file's flags are buffered
