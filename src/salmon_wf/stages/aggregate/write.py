@@ -88,8 +88,8 @@ def preference_files(json_path: Path, jsonl_path: Path | None) -> Iterator[Prefe
 class _Writer:
     """A thread writing bytes items to one file in order; a write error is raised in the caller.
 
-    One per file: the two files' writes (kernel time, about as long as the rendering) run on
-    both cores instead of taking turns on one.
+    One per file: the two files' writes overlap each other and the rendering instead of
+    taking turns. `direct`: by a _DirectSink where the file system takes direct I/O.
     """
 
     def __init__(self, handle: BinaryIO, depth: int = 2, direct: bool = False) -> None:
