@@ -234,12 +234,24 @@ def test_direct_writes_give_the_same_bytes_across_blocks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Lines spanning many staging blocks (8 KiB here) come out byte for byte as buffered."""
+    import fcntl
+    import os
+
     import salmon_wf.stages.aggregate.write as write_module
 
     lines = _lines(3000)  # ~200 KB: ~25 blocks and a partial one
     expected_list = ("[\n" + ",\n".join(lines) + "\n]\n").encode()
     expected_jsonl = "".join(line + "\n" for line in lines).encode()
+    real_write = os.write
+    direct_writes: list[int] = []
+
+    def counted(fd: int, data: memoryview) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            direct_writes.append(len(data))
+        return real_write(fd, data)
+
     monkeypatch.setattr(write_module, "STAGING", 8192)
+    monkeypatch.setattr(write_module.os, "write", counted)
     for direct in (True, False):
         monkeypatch.setattr(write_module, "DIRECT_IO", direct)
         target, copy = tmp_path / f"{direct}.json", tmp_path / f"{direct}.jsonl"
@@ -249,6 +261,9 @@ def test_direct_writes_give_the_same_bytes_across_blocks(
         assert target.read_bytes() == expected_list
         assert copy.read_bytes() == expected_jsonl
         assert json.loads(target.read_text()) == [json.loads(line) for line in lines]
+        if direct and hasattr(os, "O_DIRECT"):  # whole blocks went direct, none buffered
+            whole = len(expected_list) // 8192 + len(expected_jsonl) // 8192
+            assert direct_writes == [8192] * whole
 
 
 def test_a_refused_direct_write_falls_back_to_buffered(
