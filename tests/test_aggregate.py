@@ -8,6 +8,7 @@ import json
 import math
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from salmon_wf.stages.aggregate import stage
 from salmon_wf.stages.aggregate import stats as stats_module
 from salmon_wf.stages.aggregate.languages import PairLanguageDetection, PairLanguages
 from salmon_wf.stages.aggregate.maths import RULES, Draws, decide, draw, normalise
-from salmon_wf.stages.aggregate.render import Renderer
+from salmon_wf.stages.aggregate.render import Rendered, Renderer
 from salmon_wf.stages.aggregate.settings import Settings
 from salmon_wf.stages.aggregate.tables import Pairs
 from salmon_wf.stages.aggregate.write import preference_files
@@ -589,9 +590,10 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     assert other[0] != first[0] and other[1] != first[1]
 
 
-def test_chunking_does_not_change_the_output(
+def test_chunking_and_render_threads_do_not_change_the_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Chunks rendered by several threads are written in order: the same bytes as one thread."""
     rng = np.random.default_rng(2)
     pairs = [
         {"id": f"c{i}", "scores": {d: tuple(rng.normal(size=2)) for d in USED}} for i in range(15)
@@ -599,14 +601,25 @@ def test_chunking_does_not_change_the_output(
     pairs_file, summary, j = write_inputs(tmp_path, pairs)
     principles = principles_file(tmp_path)
 
-    def render(name: str) -> bytes:
+    def render(name: str, workers: int = 1) -> bytes:
         settings = Settings(language_rule=False)
-        stage.aggregate(pairs_file, summary, j, principles, settings, tmp_path / name, None)
-        return (tmp_path / name).read_bytes()
+        out = tmp_path / name
+        stage.aggregate(pairs_file, summary, j, principles, settings, out, None, workers)
+        return out.read_bytes()
 
     whole = render("a.json")
     monkeypatch.setattr(stage, "CHUNK", 1)
     assert render("b.json") == whole
+    delays = iter(rng.uniform(0, 0.004, 1000))
+    plain = Renderer.jsonl
+
+    def uneven(self: Renderer, *args: object) -> Rendered:
+        time.sleep(next(delays))  # later chunks often finish first
+        return plain(self, *args)
+
+    monkeypatch.setattr(Renderer, "jsonl", uneven)
+    for workers in (2, 3):
+        assert render(f"t{workers}.json", workers) == whole
 
 
 def test_special_characters_survive_json_and_literals(tmp_path: Path) -> None:

@@ -50,7 +50,8 @@ def add_langid_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=min(8, cpus()),
-        help="processes for language identification (no effect on the output)",
+        help="processes for language identification; aggregate also renders its examples in "
+        "as many threads (no effect on the output)",
     )
 
 

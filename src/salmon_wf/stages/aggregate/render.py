@@ -65,6 +65,8 @@ class Renderer:
 
     The texts make up most of every line and a pair appears in up to `passes` examples, so
     they are JSON-encoded once per pair and the lines are assembled from encoded pieces.
+    Threads may render chunks at once (stage.write_passes): a chunk reads the tables and adds
+    only the pieces it computed to the `negated` cache, which any thread would compute alike.
     """
 
     def __init__(self, pairs: Pairs, dims: Sequence[str]) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from salmon_wf.progress import Progress
 from salmon_wf.stages.aggregate.language_file import LanguageFileRead, check_readable
 from salmon_wf.stages.aggregate.languages import PairLanguageDetection
 from salmon_wf.stages.aggregate.maths import decide, draw, normalise
-from salmon_wf.stages.aggregate.render import Renderer
+from salmon_wf.stages.aggregate.render import Rendered, Renderer
 from salmon_wf.stages.aggregate.settings import Settings, resolve_dimensions
 from salmon_wf.stages.aggregate.stats import PassCounts, pass_counts, report
 from salmon_wf.stages.aggregate.tables import kept_pairs, read_candidates, read_scores
@@ -120,23 +121,44 @@ def prepare(
 
 
 def write_passes(
-    prepared: Prepared, settings: Settings, files: PreferenceFiles, progress: Progress
+    prepared: Prepared,
+    settings: Settings,
+    files: PreferenceFiles,
+    progress: Progress,
+    threads: int = 1,
 ) -> list[PassCounts]:
-    """Each pass's examples, drawn, decided, rendered and written; each pass's counts."""
+    """Each pass's examples, drawn, decided, rendered and written; each pass's counts.
+
+    Chunks are rendered by `threads` threads (Arrow's kernels and numpy's release the GIL) and
+    written in order, so the bytes are the same for any number; the draws stay in this thread,
+    in pass order. Measured on 1M pairs (2 cores): the passes took 12.1 s in one thread, 9.0 s
+    in two (docs/benchmarks.md).
+    """
     n, d = prepared.z.shape
     rng = np.random.default_rng(settings.seed)
     counts = []
-    for number in range(settings.passes):
-        draws = draw(rng, n, d, settings)
-        out = decide(prepared.z, draws, prepared.has_phrase, prepared.lang_differs, settings)
-        counts.append(pass_counts(draws, out, settings.max_principles))
-        rows = np.flatnonzero(out.keep)
-        for start in range(0, rows.size, CHUNK):
-            index = rows[start : start + CHUNK]
-            files.write_rendered(*prepared.renderer.jsonl(index, draws, out))
-            kill_point("aggregate.chunk")  # a test hook (killpoint.py); nothing when unset
-        progress.step(f"pass {number + 1} of {settings.passes}: {rows.size} examples")
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="aggregate-render") as pool:
+        for number in range(settings.passes):
+            draws = draw(rng, n, d, settings)
+            out = decide(prepared.z, draws, prepared.has_phrase, prepared.lang_differs, settings)
+            counts.append(pass_counts(draws, out, settings.max_principles))
+            rows = np.flatnonzero(out.keep)
+            rendering: deque[Future[Rendered]] = deque()
+            for start in range(0, rows.size, CHUNK):
+                index = rows[start : start + CHUNK]
+                rendering.append(pool.submit(prepared.renderer.jsonl, index, draws, out))
+                if len(rendering) > threads:  # one chunk ahead per thread, a few chunks in memory
+                    _write_next(files, rendering)
+            while rendering:
+                _write_next(files, rendering)
+            progress.step(f"pass {number + 1} of {settings.passes}: {rows.size} examples")
     return counts
+
+
+def _write_next(files: PreferenceFiles, rendering: deque[Future[Rendered]]) -> None:
+    """Write the oldest chunk in flight (waiting for its rendering; its error raised here)."""
+    files.write_rendered(*rendering.popleft().result())
+    kill_point("aggregate.chunk")  # a test hook (killpoint.py); nothing when unset
 
 
 def aggregate(
@@ -169,7 +191,7 @@ def aggregate(
             languages_file,
         )
         with preference_files(output, output_jsonl) as files:
-            counts = write_passes(prepared, settings, files, progress)
+            counts = write_passes(prepared, settings, files, progress, workers)
     finally:
         if collecting:
             gc.enable()
