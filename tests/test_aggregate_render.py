@@ -83,6 +83,43 @@ def test_contains_is_a_plain_substring_test() -> None:
     assert contains(pa.array(texts), "(a.*)").tolist() == [False, False, True, False]
 
 
+def _chunked_and_sliced(texts: list[str]) -> list[pa.ChunkedArray | pa.Array]:
+    """The same texts as Arrow holds them after reads and slices: chunks, offsets not 0."""
+    padded = pa.array(["pad ab", *texts, "ab pad"], pa.large_string()).slice(1, len(texts))
+    thirds = [texts[: len(texts) // 3], texts[len(texts) // 3 : 2 * len(texts) // 3]]
+    thirds.append(texts[2 * len(texts) // 3 :])
+    parts = [pa.array(["x", *part], pa.large_string()).slice(1) for part in thirds]
+    return [pa.chunked_array(parts), padded, pa.chunked_array([], pa.large_string())]
+
+
+def test_contains_over_chunks_and_slices_is_pythons_in() -> None:
+    rng = np.random.default_rng(3)
+    alphabet = ["a", "b", "ab", "é", "中", " ", "\n"]
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 6))) for _ in range(3000)]
+    for phrase in ["ab", "ba", "aab", "é中", "b ", "中文", "", "abababab"]:
+        expected = [phrase in t for t in texts]
+        chunked, sliced, empty = _chunked_and_sliced(texts)
+        assert contains(chunked, phrase).tolist() == expected, phrase
+        assert contains(sliced, phrase).tolist() == expected, phrase
+        assert contains(empty, phrase).tolist() == []
+    # A phrase only ever across the end of one row and the start of the next is in neither.
+    assert contains(["xa", "by", "ab"], "ab").tolist() == [False, False, True]
+    assert contains(["xab", "ab", ""], "ab").tolist() == [True, True, False]
+
+
+def test_json_insides_over_chunks_and_slices() -> None:
+    rng = np.random.default_rng(4)
+    pieces = ["a", '"', "\\", "\n", "\x01", "\x1f", "é", " ", "\t"]
+    texts = ["".join(rng.choice(pieces, rng.integers(0, 5))) for _ in range(2000)]
+    texts[-1] = "late \x02 control"  # a rare control in the last chunk only
+    chunked, sliced, _ = _chunked_and_sliced(texts)
+    expected = [encode_basestring(t)[1:-1] for t in texts]
+    assert json_insides(chunked).to_pylist() == expected
+    assert json_insides(sliced).to_pylist() == expected
+    plain = pa.chunked_array([pa.array(["no escapes"]), pa.array(["here", ""])])
+    assert json_insides(plain) is plain
+
+
 def test_lines_are_json_dumps_of_odd_records() -> None:
     """Every line equals json.dumps of its record, for texts that need every kind of escape."""
     n = len(ODD_TEXTS)
