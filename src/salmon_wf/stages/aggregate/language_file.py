@@ -74,7 +74,7 @@ def read_language_file(path: Path, ids: pa.Array, pairs_file: Path) -> PairLangu
         return _read_strict(path, ids, pairs_file)
     if len(ids) and any(table.column(name).null_count == len(ids) for name in TEXTS):
         return _read_strict(path, ids, pairs_file)  # a key missing everywhere? (Arrow: null)
-    return PairLanguages(*(table.column(name).to_pylist() for name in TEXTS))
+    return PairLanguages(*(table.column(name) for name in TEXTS))
 
 
 def _read_strict(path: Path, ids: pa.Array, pairs_file: Path) -> PairLanguages:

@@ -10,7 +10,7 @@ written from the joined array's data buffer. Tests check every line against json
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import NamedTuple
 
@@ -125,19 +125,25 @@ class Renderer:
         self.lang_key = np.zeros(0, np.int64)  # per pair: its triple's index in `lang` / 2
         self.negated: dict[int, str] = {}  # negative_definitions piece by negation key
 
-    def set_languages(self, codes: Iterable[tuple[str, str, str]]) -> None:
-        """Each pair's (instruction, output_1, output_2) codes as read (known after the texts).
+    def set_languages(self, names: Sequence[str], codes: np.ndarray) -> None:
+        """Each pair's (instruction, output_1, output_2) codes as read, as (N, 3) indices
+        into `names` (known after the texts).
 
         Pairs with the same three codes share one piece (few distinct triples at any size).
         """
-        seen: dict[tuple[str, str, str], int] = {}
-        keys = [seen.setdefault(triple, len(seen)) for triple in codes]
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1, 3)
+        size = max(len(names), 1)
+        key = (codes[:, 0] * size + codes[:, 1]) * size + codes[:, 2]
+        triples, inverse = np.unique(key, return_inverse=True)
+        first, rest = np.divmod(triples, size * size)
+        second, third = np.divmod(rest, size)
+        literal = [encode_basestring(name) for name in names]
         pieces = []
-        for triple in seen:
-            a, b, c = (encode_basestring(code) for code in triple)
+        for i, j, k in zip(first.tolist(), second.tolist(), third.tolist(), strict=True):
+            a, b, c = literal[i], literal[j], literal[k]
             pieces += [f"[{a}, {b}, {c}]", f"[{a}, {c}, {b}]"]
         self.lang = pa.array(pieces, STRING)
-        self.lang_key = np.array(keys, dtype=np.int64)
+        self.lang_key = inverse.reshape(-1).astype(np.int64)
 
     def lines(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[str]:
         """The lines of the examples at rows `index` of one pass, in that order (no "\\n")."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,13 +108,12 @@ def prepare(
         detection.cancel()
     found = "identified" if languages_file is None else "read"
     progress.step(f"{found} the languages of {3 * kept.size} texts")
-    languages = every.take(np.flatnonzero(kept).tolist())
+    languages = every.coded().take(np.flatnonzero(kept))
     del every
     lang_differs = languages.differs() if settings.language_rule else None
-    shown = languages.shown()
+    renderer.set_languages(languages.shown(), languages.codes)
+    instruction_languages = languages.instruction_counts()
     del languages
-    renderer.set_languages(zip(*shown, strict=True))
-    instruction_languages = dict(Counter(shown[0]).most_common())
     return Prepared(
         dims, z, variance, has_phrase, lang_differs, renderer, read, instruction_languages
     )
