@@ -59,8 +59,8 @@ def _spans(column: Column) -> Iterator[tuple[bytes, np.ndarray]]:
 
     Searching the bytes is exact for what is searched here: in UTF-8, a byte below 0x80 is
     only ever that ASCII character, and a UTF-8 phrase matches only at a character start.
-    Measured on a 290 MB column of 1M texts: the escape check 0.17 s against Arrow's regex
-    0.91 s, the phrase test 0.2 s against Arrow's match_substring 1.0 s (docs/benchmarks.md).
+    Measured on a 290 MB column of 1M texts: the escape check 0.16 s against Arrow's regex
+    0.85 s, the AI-phrase test 0.36 s against Arrow's match_substring 1.0 s (docs/benchmarks.md).
     """
     width = np.int64 if pa.types.is_large_string(column.type) else np.int32
     for chunk in chunks(column):
@@ -138,7 +138,7 @@ def float_reprs(values: np.ndarray) -> pa.Array:
     integer. Its string is kept where it is Python's too, told from the value alone (a
     non-integer with 1e-4 <= |v| < 1e10; Python is fixed up to 1e16); zeros, integers, the
     rest of the range and non-finite values take Python's repr. Deciding from the values,
-    not by matching Arrow's strings, halved the scores' share of rendering (docs/benchmarks.md).
+    not by matching Arrow's strings: 3M scores 1.23 -> 0.70 s (docs/benchmarks.md).
     """
     values = np.asarray(values, dtype=np.float64)
     size = np.abs(values)
