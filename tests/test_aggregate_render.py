@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from salmon_wf.stages.aggregate.maths import decide, draw
-from salmon_wf.stages.aggregate.render import Renderer
+from salmon_wf.stages.aggregate.render import PairTexts, Renderer
 from salmon_wf.stages.aggregate.settings import Settings
 from salmon_wf.stages.aggregate.tables import Pairs
 from salmon_wf.stages.aggregate.texts import contains, float_reprs, json_insides, strings
@@ -179,6 +179,32 @@ def test_lines_are_json_dumps_of_odd_records() -> None:
     assert renderer.lines(np.array([], np.int64), d, out) == []
     empty = renderer.jsonl(np.array([], np.int64), d, out)
     assert empty.count == 0 and empty.jsonl.to_pybytes() == empty.items.to_pybytes() == b""
+
+
+def test_a_renderer_of_every_candidate_kept_to_some_renders_as_one_of_those() -> None:
+    """The stage encodes every candidate before it knows the kept pairs (Renderer.kept)."""
+    texts = [f'text {i} "q"\n' for i in range(9)]
+    outputs_1, outputs_2 = [t + "one" for t in texts], [t + "two" for t in texts]
+    ids = [f"id-{i}" for i in range(9)]
+    kept = np.array([1, 2, 5, 8])
+    every = PairTexts(ids, texts, texts[::-1], outputs_1, outputs_2)
+    chosen = PairTexts(*([column[i] for i in kept.tolist()] for column in every))
+    names, codes = ["en", "de"], np.array([(0, i % 2, 1) for i in range(kept.size)])
+    settings = Settings(geometric_p=0.3)
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 1, (kept.size, 3))
+    d = draw(rng, kept.size, 3, settings)
+    out = decide(z, d, np.zeros((kept.size, 2), bool), None, settings)
+    index = np.flatnonzero(out.keep)
+    rendered = []
+    for renderer in (
+        Renderer(every, ("A", "B", "C")).kept(kept),
+        Renderer(chosen, ("A", "B", "C")),
+    ):
+        renderer.set_languages(names, codes)
+        rendered.append(renderer.lines(index, d, out))
+    assert rendered[0] == rendered[1] and len(rendered[0]) == index.size > 0
+    assert json.loads(rendered[0][0])["id"] == ids[int(kept[index[0]])]
 
 
 def test_renderer_takes_chunked_and_empty_columns() -> None:

@@ -22,6 +22,7 @@ from salmon_wf.stages.aggregate.maths import RULES, Decisions, Draws
 from salmon_wf.stages.aggregate.tables import Pairs
 from salmon_wf.stages.aggregate.texts import (
     STRING,
+    Column,
     chunks,
     contiguous,
     float_reprs,
@@ -60,6 +61,16 @@ def _join(*pieces: pa.Array | pa.Scalar) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, _EMPTY)
 
 
+class PairTexts(NamedTuple):
+    """A pair's five texts as columns (the fields the renderer reads of a Pairs)."""
+
+    ids: Column | Sequence[str]
+    instruction: Column | Sequence[str]
+    input: Column | Sequence[str]
+    output_1: Column | Sequence[str]
+    output_2: Column | Sequence[str]
+
+
 class Renderer:
     """Each written example's JSON line, exactly as json.dumps(record, ensure_ascii=False).
 
@@ -69,7 +80,7 @@ class Renderer:
     only the pieces it computed to the `negated` cache, which any thread would compute alike.
     """
 
-    def __init__(self, pairs: Pairs, dims: Sequence[str]) -> None:
+    def __init__(self, pairs: Pairs | PairTexts, dims: Sequence[str]) -> None:
         ids, instruction, given, output_1, output_2 = (
             json_insides(strings(column))
             for column in (
@@ -124,6 +135,18 @@ class Renderer:
         self.lang = pa.array([], STRING)  # per distinct code triple: as read, then swapped
         self.lang_key = np.zeros(0, np.int64)  # per pair: its triple's index in `lang` / 2
         self.negated: dict[int, str] = {}  # negative_definitions piece by negation key
+
+    def kept(self, rows: np.ndarray) -> Renderer:
+        """This renderer on the pairs at `rows` only (in that order), the rest dropped.
+
+        The stage encodes every candidate's texts while the judgments are read, before it
+        knows which pairs are kept (stage.prepare), then keeps these.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        self.head = self.head.take(rows)
+        self.outputs = self.outputs.take(np.concatenate([rows, rows + self.n]))
+        self.n = rows.size
+        return self
 
     def set_languages(self, names: Sequence[str], codes: np.ndarray) -> None:
         """Each pair's (instruction, output_1, output_2) codes as read, as (N, 3) indices

@@ -24,11 +24,16 @@ from salmon_wf.killpoint import kill_point
 from salmon_wf.progress import Progress
 from salmon_wf.stages.aggregate.language_file import LanguageFileRead, check_readable
 from salmon_wf.stages.aggregate.languages import PairLanguageDetection
-from salmon_wf.stages.aggregate.maths import decide, draw, normalise
-from salmon_wf.stages.aggregate.render import Rendered, Renderer
+from salmon_wf.stages.aggregate.maths import Decisions, Draws, decide, draw, normalise
+from salmon_wf.stages.aggregate.render import PairTexts, Rendered, Renderer
 from salmon_wf.stages.aggregate.settings import Settings, resolve_dimensions
 from salmon_wf.stages.aggregate.stats import PassCounts, pass_counts, report
-from salmon_wf.stages.aggregate.tables import kept_pairs, read_candidates, read_scores
+from salmon_wf.stages.aggregate.tables import (
+    TEXT_COLUMNS,
+    kept_pairs,
+    read_candidates,
+    read_scores,
+)
 from salmon_wf.stages.aggregate.texts import contains
 from salmon_wf.stages.aggregate.write import PreferenceFiles, preference_files
 
@@ -47,9 +52,22 @@ class Prepared:
     variance: np.ndarray  # (D,) each dimension's population variance
     has_phrase: np.ndarray  # (N, 2) bool: output_1 / output_2 contain the AI phrase
     lang_differs: np.ndarray | None  # (N, 2) bool; None when the language rule is off
-    renderer: Renderer  # the pairs' encoded texts and languages
     read: dict[str, Any]  # the counts of reading and joining, in report order
     instruction_languages: dict[str, int]  # kept pairs by instruction code, most common first
+    rendering: Future[Renderer]  # every candidate's encoded texts (still being encoded)
+    kept_rows: np.ndarray | None  # the kept candidates' rows; None when all are kept
+    languages: tuple[list[str], np.ndarray]  # code names shown, (N, 3) indices into them
+
+    def renderer(self) -> Renderer:
+        """The renderer of the kept pairs with their languages, once the texts are encoded."""
+        renderer = self.rendering.result()
+        if self.kept_rows is not None:
+            renderer = renderer.kept(self.kept_rows)
+            self.kept_rows = None
+        renderer.set_languages(*self.languages)
+        self.rendering = Future()
+        self.rendering.set_result(renderer)  # a second call gives the same
+        return renderer
 
 
 def prepare(
@@ -88,6 +106,14 @@ def prepare(
     else:
         texts = runs.instruction, runs.output_1, runs.output_2
         detection = PairLanguageDetection(*texts, settings.langid_max_chars, workers, model)
+    # Every candidate's texts are encoded in a thread from here on, while the judgments and
+    # languages are read and the first pass is decided (the encoding is ~2.3 s at 1M pairs,
+    # mostly outside the GIL); the dropped pairs' texts are dropped after (Prepared.renderer).
+    encoder = ThreadPoolExecutor(1, thread_name_prefix="aggregate-encode")
+    texts = PairTexts(runs.ids, *(runs.texts[name] for name in TEXT_COLUMNS))
+    rendering = encoder.submit(Renderer, texts, dims)
+    encoder.shutdown(wait=False)  # its thread ends with the encoding
+    del texts
     try:
         scores = read_scores(judgments, runs.ids, dims, known)
         progress.step(f"read judgments: {scores.counts['pairs_kept']} pairs kept")
@@ -99,10 +125,8 @@ def prepare(
         phrase = settings.ai_phrase
         has_phrase = np.stack([contains(pairs.output_1, phrase), contains(pairs.output_2, phrase)])
         has_phrase = has_phrase.T.reshape(n, 2)
-        renderer = Renderer(pairs, dims)
         read = pairs.counts
-        del pairs  # the renderer holds the encoded texts
-        progress.step("encoded the texts")
+        del pairs
         every = detection.result()
     finally:
         detection.cancel()
@@ -111,11 +135,21 @@ def prepare(
     languages = every.coded().take(np.flatnonzero(kept))
     del every
     lang_differs = languages.differs() if settings.language_rule else None
-    renderer.set_languages(languages.shown(), languages.codes)
     instruction_languages = languages.instruction_counts()
+    kept_rows = None if kept.all() else np.flatnonzero(kept)
+    shown = languages.shown(), languages.codes
     del languages
     return Prepared(
-        dims, z, variance, has_phrase, lang_differs, renderer, read, instruction_languages
+        dims,
+        z,
+        variance,
+        has_phrase,
+        lang_differs,
+        read,
+        instruction_languages,
+        rendering,
+        kept_rows,
+        shown,
     )
 
 
@@ -129,23 +163,37 @@ def write_passes(
     """Each pass's examples, drawn, decided, rendered and written; each pass's counts.
 
     Chunks are rendered by `threads` threads (Arrow's kernels and numpy's release the GIL) and
-    written in order, so the bytes are the same for any number; the draws stay in this thread,
-    in pass order. Measured on 1M pairs (2 cores): the passes took 12.1 s in one thread, 9.0 s
-    in two (docs/benchmarks.md).
+    written in order, so the bytes are the same for any number. One thread makes the draws, in
+    pass order, each pass's draws and decisions while the pass before renders (~0.9 s a pass
+    at 1M pairs, with both render threads idle before). Measured on 1M pairs (2 cores): the
+    passes took 12.1 s in one thread, 9.0 s in two (docs/benchmarks.md).
     """
     n, d = prepared.z.shape
     rng = np.random.default_rng(settings.seed)
+
+    def decided() -> tuple[Draws, Decisions]:
+        draws = draw(rng, n, d, settings)
+        rules = prepared.has_phrase, prepared.lang_differs
+        return draws, decide(prepared.z, draws, *rules, settings)
+
     counts = []
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="aggregate-render") as pool:
+    with (
+        ThreadPoolExecutor(max(1, threads), thread_name_prefix="aggregate-render") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="aggregate-decide") as ahead,
+    ):
+        upcoming = ahead.submit(decided)  # one thread draws every pass, in pass order
+        renderer = prepared.renderer()  # the first pass is decided meanwhile
+        progress.step("encoded the texts")
         for number in range(settings.passes):
-            draws = draw(rng, n, d, settings)
-            out = decide(prepared.z, draws, prepared.has_phrase, prepared.lang_differs, settings)
+            draws, out = upcoming.result()
+            if number + 1 < settings.passes:  # the next pass is decided while this one renders
+                upcoming = ahead.submit(decided)
             counts.append(pass_counts(draws, out, settings.max_principles))
             rows = np.flatnonzero(out.keep)
             rendering: deque[Future[Rendered]] = deque()
             for start in range(0, rows.size, CHUNK):
                 index = rows[start : start + CHUNK]
-                rendering.append(pool.submit(prepared.renderer.jsonl, index, draws, out))
+                rendering.append(pool.submit(renderer.jsonl, index, draws, out))
                 if len(rendering) > threads:  # one chunk ahead per thread, a few chunks in memory
                     _write_next(files, rendering)
             while rendering:
