@@ -11,15 +11,16 @@ language model" and about 3% of texts are German-like, so both rules fire. Score
 correlated logits, so most (s12, s21) agree in sign.
 
 The stage runs as a subprocess, as the workflow's rules run it (--workers 2): first `salmon-wf
-languages` (rule `languages`, timed on its own: `languages_s`; in the workflow it runs while the
-judge jobs do), then `salmon-wf aggregate --languages` on its file. Time is wall clock; memory is
-the larger of the aggregate's peak summed RSS (with any worker processes, sampled every 20 ms)
-and its process's maximum RSS (GNU time's %M).
+languages` (rule `languages`, timed on its own: `languages_s`) and `salmon-wf pairs-table` (rule
+`pairs_table`, pairs.jsonl to pairs.arrow, timed on its own: `pairs_table_s`), which in the
+workflow run while the judge jobs do, then `salmon-wf aggregate --languages` on their files.
+Time is wall clock; memory is the larger of the aggregate's peak summed RSS (with any worker
+processes, sampled every 20 ms) and its process's maximum RSS (GNU time's %M).
 
 The time target is a ratio to this machine's I/O floor for the same bytes, measured right after
-each aggregate run: `cat` of its inputs (the languages file included) to /dev/null plus a `dd`
-of as many bytes as it wrote to one file in its output directory (conv=fsync: the stage fsyncs
-its outputs too).
+each aggregate run: `cat` of its inputs (pairs.arrow and the languages file included) to
+/dev/null plus a `dd` of as many bytes as it wrote to one file in its output directory
+(conv=fsync: the stage fsyncs its outputs too).
 """
 
 from __future__ import annotations
@@ -167,6 +168,23 @@ def identify_languages(directory: Path, paths: dict[str, Path]) -> float:
     return seconds
 
 
+def pairs_table(paths: dict[str, Path]) -> tuple[float, Path]:
+    """`salmon-wf pairs-table` as its rule runs it: paths["pairs"] becomes pairs.arrow, which the
+    stage reads as the workflow's rule passes it. Returns its wall seconds and pairs.jsonl
+    (no longer among the stage's inputs; the caller removes it)."""
+    jsonl = paths["pairs"]
+    arrow = jsonl.with_suffix(".arrow")
+    argv = [sys.executable, "-m", "salmon_wf.cli", "pairs-table", "--pairs", str(jsonl)]
+    start = time.perf_counter()
+    done = subprocess.run([*argv, "--output", str(arrow)], cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"pairs-table failed ({done.returncode}):\n{done.stdout[-3000:]}")
+    os.sync()
+    paths["pairs"] = arrow
+    return seconds, jsonl
+
+
 def stage_args(out: Path, paths: dict[str, Path]) -> list[str]:
     """`aggregate` and its arguments, as the workflow's rule passes them (--workers 2)."""
     out.mkdir(exist_ok=True)
@@ -289,14 +307,18 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
             made = time.perf_counter() - begin
             log(f"aggregate: running the stages on {pairs:,} pairs (generated in {made:.0f} s)")
             languages_s = identify_languages(directory, paths)
+            table_s, pairs_jsonl = pairs_table(paths)
+            pairs_jsonl.unlink()
             input_bytes = {name: p.stat().st_size for name, p in paths.items()}
             point = {"pairs": pairs, "input_bytes": input_bytes, "languages_s": languages_s}
+            point["pairs_table_s"] = table_s
             point |= measure(directory, paths)
             point["floor"] = io_floor(directory, paths, point["output_bytes"])
             point["floor_s"] = point["floor"]["floor_s"]
             point["ratio_to_floor"] = point["seconds"] / point["floor_s"]
             log(
-                f"aggregate: {pairs:,} pairs: languages {languages_s:.1f} s, then aggregate "
+                f"aggregate: {pairs:,} pairs: languages {languages_s:.1f} s, pairs-table "
+                f"{table_s:.1f} s, then aggregate "
                 f"{point['seconds']:.1f} s, floor "
                 f"{point['floor_s']:.1f} s (read {point['floor']['read_s']:.1f} s, write "
                 f"{point['floor']['write_s']:.1f} s)"
@@ -311,7 +333,7 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
             else:
                 for p in paths.values():
                     p.unlink()
-        keys = ("seconds", "peak_rss_gb", "floor_s", "languages_s")
+        keys = ("seconds", "peak_rss_gb", "floor_s", "languages_s", "pairs_table_s")
         line = {key: at_1m(points[:2], key) for key in keys}
         # The floor moves bytes, so it is proportional to them (no fixed cost): a line through
         # two small, noisy dd timings can even cross zero (a quick run once gave -0.3 s).
@@ -321,10 +343,12 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
         if quick:
             seconds, memory, floor = line["seconds"], line["peak_rss_gb"], line["floor_s"]
             details["languages_s"] = line["languages_s"]
+            details["pairs_table_s"] = line["pairs_table_s"]
             note = (
                 f"EXTRAPOLATED to 1M (line through 25k and 100k; the floor: 10x 100k's): "
                 f"{seconds:.1f} s vs a floor of {floor:.1f} s, after languages "
-                f"{line['languages_s']:.1f} s (its own job); "
+                f"{line['languages_s']:.1f} s and pairs-table {line['pairs_table_s']:.1f} s "
+                f"(their own jobs); "
                 f"measured at 100k: {points[1]['seconds']:.1f} s, floor "
                 f"{points[1]['floor_s']:.1f} s, {points[1]['peak_rss_gb']:.2f} GB, languages "
                 f"{points[1]['languages_s']:.1f} s"
@@ -332,11 +356,13 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
         else:
             seconds, memory, floor = (points[2][k] for k in ("seconds", "peak_rss_gb", "floor_s"))
             details["languages_s"] = points[2]["languages_s"]
+            details["pairs_table_s"] = points[2]["pairs_table_s"]
             io = points[2]["floor"]
             note = (
                 f"measured at 1M pairs: {seconds:.1f} s vs a floor of {floor:.1f} s (read "
                 f"{io['read_s']:.1f} s + write {io['write_s']:.1f} s), after languages "
-                f"{points[2]['languages_s']:.1f} s (its own job)"
+                f"{points[2]['languages_s']:.1f} s and pairs-table "
+                f"{points[2]['pairs_table_s']:.1f} s (their own jobs)"
             )
             directory = Path(tmp) / "long"
             directory.mkdir()
@@ -345,6 +371,7 @@ def run(quick: bool) -> tuple[list[Entry], dict]:
             paths.pop(JSONL_KEY).unlink()
             os.sync()
             languages_s = identify_languages(directory, paths)
+            pairs_table(paths)[1].unlink()
             input_bytes = {name: p.stat().st_size for name, p in paths.items()}
             details["long_responses_100k"] = {"pairs": PROFILE_PAIRS, "input_bytes": input_bytes}
             details["long_responses_100k"]["languages_s"] = languages_s

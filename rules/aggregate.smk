@@ -1,6 +1,7 @@
 # Stage 4: SALMON's aggregation into reward-model training data (+ a JSONL copy and stats).
-# It reads the pair stage's pairs (its texts) and summary (pairs dropped before judging, by reason),
-# and the languages of the pairs' texts from rule `languages`.
+# It reads the pair stage's pairs (its texts; as Arrow columns, rule `pairs_table`) and summary
+# (pairs dropped before judging, by reason), and the languages of the pairs' texts from rule
+# `languages`.
 
 
 # The language of every pair's instruction and outputs (fastText: ~35 core-seconds for 1M pairs).
@@ -30,9 +31,32 @@ rule languages:
         " {params.options} --workers {threads} > {log:q} 2>&1"
 
 
+# The pairs as Arrow columns (data/pairs_file.py): like `languages`, it needs only the pairs, so
+# it runs while the judge jobs do, and every aggregation after it reads them without parsing.
+rule pairs_table:
+    input:
+        f"{RESULTS}/pairs.jsonl",
+    output:
+        f"{RESULTS}/pairs.arrow",
+    log:
+        "logs/pairs_table.log",
+    benchmark:
+        "benchmarks/pairs_table.tsv"
+    localrule: CHEAP_LOCAL
+    conda:
+        "../envs/salmon-wf.yaml"
+    resources:
+        **CPU_RESOURCES,
+    params:
+        salmon=SALMON,
+    shell:
+        "{params.salmon} pairs-table --pairs {input:q} --output {output:q} > {log:q} 2>&1"
+
+
 rule aggregate:
     input:
-        pairs=ancient(f"{RESULTS}/pairs.jsonl"),
+        # rule pairs_table's Arrow copy of pairs.jsonl: the same pairs, read without parsing.
+        pairs=ancient(f"{RESULTS}/pairs.arrow"),
         pairs_summary=ancient(f"{RESULTS}/pairs.summary.json"),
         # The gather's Arrow copy of the scores (data/scores_file.py): read without parsing.
         judgments=f"{RESULTS}/judgments.scores.arrow",

@@ -18,7 +18,9 @@ import pytest
 from helpers import REPO, planned_jobs, planned_outputs, snakemake, write_config
 
 from salmon_wf.data.jsonl import read_jsonl
+from salmon_wf.data.pairs_file import read_pairs_file
 from salmon_wf.data.scores_file import read_scores_file
+from salmon_wf.stages.aggregate.tables import PAIR_SCHEMA
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +54,8 @@ def test_every_output_has_the_right_counts_and_schema(done_run: Path) -> None:
     pair_counts = json.loads((results / "pairs.summary.json").read_text())
     assert pair_counts["pairs"] == len(pairs)
     assert len(pairs) + pair_counts["too_short"] + pair_counts["skipped_generation"] == len(ids)
+    # The aggregation's pairs: the same records, in order, as Arrow columns (rule pairs_table).
+    assert read_pairs_file(results / "pairs.arrow", PAIR_SCHEMA).to_pylist() == pairs
     judgments = list(read_jsonl(results / "judgments.jsonl"))
     judged = sorted({j["id"] for j in judgments}, key=ids.index)
     assert judged == [p["id"] for p in pairs]  # every pair judged, in prompt order
@@ -84,7 +88,7 @@ def test_every_output_has_the_right_counts_and_schema(done_run: Path) -> None:
     codes = [json.loads(line) for line in (results / "pairs.languages.jsonl").open()]
     assert [c["id"] for c in codes] == [p["id"] for p in pairs]
     assert all(list(c) == ["id", "instruction", "output_1", "output_2"] for c in codes)
-    for rule in ("clean_prompts", "pair_responses", "languages", "aggregate"):
+    for rule in ("clean_prompts", "pair_responses", "languages", "pairs_table", "aggregate"):
         assert (done_run / "logs" / f"{rule}.log").exists()
         assert (done_run / "benchmarks" / f"{rule}.tsv").exists()
 
@@ -97,7 +101,7 @@ def test_every_result_is_readable_as_the_umask_allows(done_run: Path) -> None:
     names = {p.name for p in files}
     assert {"prompts.jsonl", "pairs.jsonl", "judgments.jsonl", "preferences.json"} <= names
     assert {"shard-0-of-2.jsonl", "judgments.summary.json", "preferences.stats.json"} <= names
-    assert "judgments.scores.arrow" in names
+    assert {"judgments.scores.arrow", "pairs.arrow"} <= names
     modes = {p.relative_to(done_run).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files}
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
 

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "pair": "salmon_wf.stages.pair",
     "judge": "salmon_wf.stages.judge",
     "languages": "salmon_wf.stages.languages",
+    "pairs-table": "salmon_wf.stages.pairs_table",
     "aggregate": "salmon_wf.stages.aggregate.cli",
     "ledger": "salmon_wf.stages.ledger",
     "calibrate": "salmon_wf.stages.calibrate.cli",

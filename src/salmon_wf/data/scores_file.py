@@ -81,14 +81,26 @@ def read_scores_file(path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.n
     A file that is not Arrow, a missing column, a column of another type or a null names the
     file and the column (and the record, 1-based, for a null).
     """
+    table = read_checked_table(path, SCHEMA, "scores")
+    dimensions = table.column("dimension")  # dictionary-encoded: 11M strings cost ~1 s to cast
+    scores = np.column_stack([table.column(name).to_numpy() for name in ("s12", "s21")]).astype(
+        np.float64, copy=False
+    )
+    return table.column("id"), dimensions, scores
+
+
+def read_checked_table(path: Path, schema: pa.Schema, kind: str) -> pa.Table:
+    """An Arrow IPC file's table (memory-mapped), with `schema`'s columns checked: a file that
+    is not Arrow, a missing column, a column of another type or a null names the file and the
+    column (and the record, 1-based, for a null). `kind` names the file in the first error."""
     try:
         with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_file(source).read_all()
     except FileNotFoundError:
         raise RecordError("file not found", file=path) from None
     except (pa.ArrowInvalid, OSError) as exc:
-        raise RecordError(f"not an Arrow IPC scores file ({exc})", file=path) from None
-    for field in SCHEMA:
+        raise RecordError(f"not an Arrow IPC {kind} file ({exc})", file=path) from None
+    for field in schema:
         if field.name not in table.column_names:
             raise RecordError(f"column {field.name!r} missing", file=path)
         column = table.column(field.name)
@@ -99,11 +111,7 @@ def read_scores_file(path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.n
         if column.null_count:
             row = int(np.flatnonzero(~column.is_valid().to_numpy(zero_copy_only=False))[0])
             raise RecordError(f"record {row + 1}: column {field.name!r} is null", file=path)
-    dimensions = table.column("dimension")  # dictionary-encoded: 11M strings cost ~1 s to cast
-    scores = np.column_stack([table.column(name).to_numpy() for name in ("s12", "s21")]).astype(
-        np.float64, copy=False
-    )
-    return table.column("id"), dimensions, scores
+    return table
 
 
 MAGIC = b"ARROW1"  # how an Arrow IPC file starts

@@ -58,7 +58,13 @@ from salmon_wf.stages.languages import add_langid_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pairs", required=True, type=Path, help="pairs.jsonl (pair stage)")
+    parser.add_argument(
+        "--pairs",
+        required=True,
+        type=Path,
+        help="pairs.jsonl (pair stage), or its Arrow copy pairs.arrow (pairs-table: the same "
+        "pairs, read without parsing; known by its first bytes)",
+    )
     parser.add_argument(
         "--pairs-summary",
         type=Path,

@@ -33,6 +33,7 @@ from salmon_wf.stages.aggregate.texts import (
 _EMPTY = pa.scalar("", STRING)
 _NEWLINE = pa.scalar("\n", STRING)
 _ITEM_LEAD = pa.scalar(",\n", STRING)
+_TEXT_PIECES = 4  # a line's first pieces: the head, an output, the literal between, the other
 
 
 class Rendered(NamedTuple):
@@ -185,8 +186,11 @@ class Renderer:
         if index.size == 0:
             return Rendered(pa.py_buffer(b""), pa.py_buffer(b""), 0)
         pieces = self.pieces(index, draws, out)
-        lines = _data(_join(*pieces, _NEWLINE))
-        return Rendered(lines, _data(_join(_ITEM_LEAD, *pieces)), index.size)
+        # The small pieces after the texts are joined once for both files: each join's cost
+        # is mostly per piece and row (8192 rows: 11 pieces 3.8 ms, 5 pieces 2.3 ms).
+        texts, tail = pieces[:_TEXT_PIECES], _join(*pieces[_TEXT_PIECES:])
+        lines = _data(_join(*texts, tail, _NEWLINE))
+        return Rendered(lines, _data(_join(_ITEM_LEAD, *texts, tail)), index.size)
 
     def pieces(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[pa.Array]:
         """The pieces of the lines of the examples at rows `index` (joined, the lines).

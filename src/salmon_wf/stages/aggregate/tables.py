@@ -1,6 +1,7 @@
 """Reading the aggregation's tables: pairs.jsonl, pairs.summary.json and the judgments, joined.
 
-The judgments are judgments.jsonl or the gather's Arrow copy of their scores (scores_file.py).
+The judgments are judgments.jsonl or the gather's Arrow copy of their scores (scores_file.py);
+the pairs, pairs.jsonl or rule pairs_table's Arrow copy of it (pairs_file.py).
 
 Arrow parses the JSONL (fast, multi-threaded, streamed); a file Arrow rejects goes to a strict
 line reader that builds the same table or names the bad line and field. The judgments join the
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from salmon_wf.data.jsonl import decoded_lines, parse_record
+from salmon_wf.data.pairs_file import is_arrow_file, read_pairs_file
 from salmon_wf.data.scores_file import is_scores_file, read_scores_file
 from salmon_wf.errors import RecordError
 
@@ -153,13 +155,17 @@ class Candidates:
 
 
 def read_candidates(pairs: Path, summary: Path | None) -> Candidates:
-    """pairs.jsonl, and from pairs.summary.json the pairs dropped before judging, by reason.
+    """pairs.jsonl (or its Arrow copy, pairs.arrow), and from pairs.summary.json the pairs
+    dropped before judging, by reason.
 
     The summary's "dropped" counts (too short, skipped generation, id in one run only, ...) are
     the pair stage's own reasons; its "pairs" must be the number of lines of `pairs` (a
     summary from another pairing is an error, not a silent mix).
     """
-    table = read_table(pairs, PAIR_SCHEMA)
+    if is_arrow_file(pairs):  # rule pairs_table's pairs.arrow: the same columns, not parsed
+        table = read_pairs_file(pairs, PAIR_SCHEMA)
+    else:
+        table = read_table(pairs, PAIR_SCHEMA)
     duplicate = _first_duplicate(table.column("id").combine_chunks())
     if duplicate is not None:
         raise RecordError(f"{pairs}: duplicate id {duplicate!r}")
