@@ -1,5 +1,5 @@
 # salmon-wf: SALMON step 1 (principle-driven synthetic preference collection) as a workflow.
-# clean prompts -> sample x2 (sharded) -> judge (sharded), languages -> aggregate. See README.md.
+# clean prompts -> sample x2 (sharded) -> judge (sharded), languages and pairs_table -> aggregate.
 
 
 configfile: "config.yaml"

@@ -594,7 +594,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
 def test_chunking_and_render_threads_do_not_change_the_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Chunks rendered by several threads are written in order: the same bytes as one thread."""
+    """Chunks rendered by several threads are written in order: the same bytes as one thread;
+    and passes decided in blocks of pairs give the same bytes and counts as in one."""
     rng = np.random.default_rng(2)
     pairs = [
         {"id": f"c{i}", "scores": {d: tuple(rng.normal(size=2)) for d in USED}} for i in range(15)
@@ -609,8 +610,19 @@ def test_chunking_and_render_threads_do_not_change_the_output(
         return out.read_bytes()
 
     whole = render("a.json")
+    whole_stats = stage.aggregate(
+        pairs_file, summary, j, principles, Settings(), tmp_path / "s", None
+    )
     monkeypatch.setattr(stage, "CHUNK", 1)
     assert render("b.json") == whole
+    for size in (4, 1):  # 15 pairs in 4 blocks, in 15
+        monkeypatch.setattr(stage, "DECIDE_BLOCK", size)
+        assert render(f"block{size}.json") == whole
+        blocks = stage.aggregate(
+            pairs_file, summary, j, principles, Settings(), tmp_path / "s", None
+        )
+        assert blocks == whole_stats
+    monkeypatch.setattr(stage, "DECIDE_BLOCK", 3)
     delays = iter(rng.uniform(0, 0.004, 1000))
     plain = Renderer.jsonl
 

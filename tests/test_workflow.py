@@ -152,7 +152,7 @@ def test_dry_run_after_a_complete_run_has_nothing_to_do(done_run: Path) -> None:
 def test_rulegraph_renders_every_stage(done_run: Path) -> None:
     graph = snakemake(done_run, "--rulegraph")
     stages = ("clean_prompts", "sample_shard", "gather_responses", "judge_shard", "languages")
-    for rule in (*stages, "aggregate"):
+    for rule in (*stages, "pairs_table", "aggregate"):
         assert rule in graph
     assert "ledger" in graph
     assert graph.lstrip().startswith("digraph") or "digraph" in graph
@@ -166,6 +166,7 @@ def test_sampling_parameter_of_one_run_reruns_that_run_judge_and_aggregate(done_
         fingerprint=3,  # response0's, the pairs' and the judge's stamps
         pair_responses=1,
         languages=1,  # the new pairs' texts
+        pairs_table=1,  # and their Arrow copy
         judge_shard=2,
         gather_judgments=1,
         aggregate=1,
@@ -203,7 +204,7 @@ def test_model_mp_change_resamples_and_everything_after_reads_the_new_responses(
     """model.mp rewrites the checkpoint and resamples (another MP can flip a near-tie token), so
     the pairs and the judge follow, whether judge.mp follows model.mp or is pinned."""
     sampling = Counter(prepare_model=1, sample_shard=4, gather_responses=2, pair_responses=1)
-    sampling["languages"] = 1  # of the new pairs
+    sampling["languages"] = sampling["pairs_table"] = 1  # of the new pairs
     write_config(done_run, **{"model.mp": 2})
     judging = Counter(judge_shard=2, gather_judgments=1, aggregate=1, ledger=1, report_figures=1)
     # the stamps of both runs, the pairs' and the judge's (its shape follows model.mp)

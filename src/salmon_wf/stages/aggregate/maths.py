@@ -7,7 +7,7 @@ draws and the two rules' inputs into one pass's outcome for every candidate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -38,6 +38,10 @@ class Draws:
     swap: np.ndarray  # (N,) bool: the order bit
     ai_u: np.ndarray  # (N,) uniform for the AI-phrase rule
     noise_u: np.ndarray  # (N,) uniform for label noise
+
+    def rows(self, start: int, stop: int) -> Draws:
+        """The draws of rows start..stop (views, not copies)."""
+        return Draws(*(getattr(self, f.name)[start:stop] for f in fields(self)))
 
 
 def draw(rng: np.random.Generator, n: int, d: int, settings: Settings) -> Draws:

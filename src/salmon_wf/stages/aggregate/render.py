@@ -169,14 +169,17 @@ class Renderer:
         self.lang = pa.array(pieces, STRING)
         self.lang_key = inverse.reshape(-1).astype(np.int64)
 
-    def lines(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[str]:
-        """The lines of the examples at rows `index` of one pass, in that order (no "\\n")."""
+    def lines(self, index: np.ndarray, draws: Draws, out: Decisions, first: int = 0) -> list[str]:
+        """The lines of the examples at rows `index` of one pass, in that order (no "\\n").
+
+        `index` is into `draws` and `out`, which hold the pairs from row `first` on.
+        """
         index = np.asarray(index, dtype=np.int64)
         if index.size == 0:
             return []
-        return _join(*self.pieces(index, draws, out)).to_pylist()
+        return _join(*self.pieces(index, draws, out, first)).to_pylist()
 
-    def jsonl(self, index: np.ndarray, draws: Draws, out: Decisions) -> Rendered:
+    def jsonl(self, index: np.ndarray, draws: Draws, out: Decisions, first: int = 0) -> Rendered:
         """The examples at rows `index` of one pass as bytes: JSONL, and the list's items.
 
         The list's items are the same lines each led by ",\\n" (so the list's separators and
@@ -185,14 +188,16 @@ class Renderer:
         index = np.asarray(index, dtype=np.int64)
         if index.size == 0:
             return Rendered(pa.py_buffer(b""), pa.py_buffer(b""), 0)
-        pieces = self.pieces(index, draws, out)
+        pieces = self.pieces(index, draws, out, first)
         # The small pieces after the texts are joined once for both files: each join's cost
         # is mostly per piece and row (8192 rows: 11 pieces 3.8 ms, 5 pieces 2.3 ms).
         texts, tail = pieces[:_TEXT_PIECES], _join(*pieces[_TEXT_PIECES:])
         lines = _data(_join(*texts, tail, _NEWLINE))
         return Rendered(lines, _data(_join(_ITEM_LEAD, *texts, tail)), index.size)
 
-    def pieces(self, index: np.ndarray, draws: Draws, out: Decisions) -> list[pa.Array]:
+    def pieces(
+        self, index: np.ndarray, draws: Draws, out: Decisions, first: int = 0
+    ) -> list[pa.Array]:
         """The pieces of the lines of the examples at rows `index` (joined, the lines).
 
         What takes few values is looked up, not formatted per line: the record's end by
@@ -207,17 +212,18 @@ class Renderer:
         negation_key = (bits * (1 << positions)).sum(axis=1) | (k << d)
         swap = draws.swap[index].astype(np.int64)
         end_key = out.noise_flip[index] * 6 + out.rule[index] * 2 + swap
+        pair = index + first  # the rows of the renderer's own tables
         return [
-            self.head.take(index),
-            self.outputs.take(index + self.n * swap),
+            self.head.take(pair),
+            self.outputs.take(pair + self.n * swap),
             _literal('", "output_2": "'),
-            self.outputs.take(index + self.n * (1 - swap)),
+            self.outputs.take(pair + self.n * (1 - swap)),
             self.preference.take(out.preference[index] - 1),
             self._names(draws.order[index], active, k),
             self._negated(negation_key),
             self._scores(out.scores[index], active, k),
             self.dominant.take(out.dominant[index] * 2 + (k == 1)),
-            self.lang.take(self.lang_key[index] * 2 + swap),
+            self.lang.take(self.lang_key[pair] * 2 + swap),
             self.ends.take(end_key),
         ]
 

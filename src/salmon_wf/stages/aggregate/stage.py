@@ -13,6 +13,7 @@ import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +31,18 @@ from salmon_wf.stages.aggregate.settings import Settings, resolve_dimensions
 from salmon_wf.stages.aggregate.stats import PassCounts, pass_counts, report
 from salmon_wf.stages.aggregate.tables import (
     TEXT_COLUMNS,
-    kept_pairs,
+    kept_counts,
     read_candidates,
     read_scores,
 )
-from salmon_wf.stages.aggregate.texts import contains
+from salmon_wf.stages.aggregate.texts import Column, contains
 from salmon_wf.stages.aggregate.write import PreferenceFiles, preference_files
 
 # Examples rendered and written at a time (bounds memory, not the output). About 9 MB of
 # lines: Arrow's allocator reuses buffers of that size, while each 4x larger one is a fresh
 # mapping whose page faults cost more than the rendering (measured: 0.23 s against 0.09 s).
 CHUNK = 1 << 13
+DECIDE_BLOCK = 1 << 16  # pairs decided at a time (a pass renders from its first block on)
 
 
 @dataclass
@@ -106,28 +108,29 @@ def prepare(
     else:
         texts = runs.instruction, runs.output_1, runs.output_2
         detection = PairLanguageDetection(*texts, settings.langid_max_chars, workers, model)
-    # Every candidate's texts are encoded in a thread from here on, while the judgments and
-    # languages are read and the first pass is decided (the encoding is ~2.3 s at 1M pairs,
-    # mostly outside the GIL); the dropped pairs' texts are dropped after (Prepared.renderer).
-    encoder = ThreadPoolExecutor(1, thread_name_prefix="aggregate-encode")
+    # What needs only the pairs runs in two threads while the judgments are read (the critical
+    # path: ~2 s at 1M pairs): every candidate's texts encoded (~0.8 s with no escapes, mostly
+    # outside the GIL), the AI-phrase tests (~0.6 s) and the languages (~0.6 s, read or
+    # identified); the dropped pairs' are dropped after (Prepared.renderer, `kept` below).
+    helpers = ThreadPoolExecutor(2, thread_name_prefix="aggregate-prepare")
     texts = PairTexts(runs.ids, *(runs.texts[name] for name in TEXT_COLUMNS))
-    rendering = encoder.submit(Renderer, texts, dims)
-    encoder.shutdown(wait=False)  # its thread ends with the encoding
-    del texts
+    rendering = helpers.submit(Renderer, texts, dims)
+    outputs = runs.texts["output_1"], runs.texts["output_2"]
+    phrases = helpers.submit(_has_phrase, *outputs, settings.ai_phrase)
+    identified = helpers.submit(detection.result)
+    helpers.shutdown(wait=False)  # its threads end with these
+    del texts, outputs
     try:
         scores = read_scores(judgments, runs.ids, dims, known)
         progress.step(f"read judgments: {scores.counts['pairs_kept']} pairs kept")
-        pairs = kept_pairs(runs, scores)
+        read = kept_counts(runs, scores)
         kept = scores.kept
+        s12, s21 = scores.s12[kept], scores.s21[kept]
         del scores, runs
-        n = len(pairs.ids)
-        z, variance = normalise(pairs.s12, pairs.s21)
-        phrase = settings.ai_phrase
-        has_phrase = np.stack([contains(pairs.output_1, phrase), contains(pairs.output_2, phrase)])
-        has_phrase = has_phrase.T.reshape(n, 2)
-        read = pairs.counts
-        del pairs
-        every = detection.result()
+        z, variance = normalise(s12, s21)
+        del s12, s21
+        has_phrase = phrases.result()[kept]
+        every = identified.result()
     finally:
         detection.cancel()
     found = "identified" if languages_file is None else "read"
@@ -153,6 +156,11 @@ def prepare(
     )
 
 
+def _has_phrase(output_1: Column, output_2: Column, phrase: str) -> np.ndarray:
+    """(N, 2) bool: `phrase` in output_1 / output_2 of each pair."""
+    return np.stack([contains(output_1, phrase), contains(output_2, phrase)], axis=1)
+
+
 def write_passes(
     prepared: Prepared,
     settings: Settings,
@@ -163,42 +171,59 @@ def write_passes(
     """Each pass's examples, drawn, decided, rendered and written; each pass's counts.
 
     Chunks are rendered by `threads` threads (Arrow's kernels and numpy's release the GIL) and
-    written in order, so the bytes are the same for any number. One thread makes the draws, in
-    pass order, each pass's draws and decisions while the pass before renders (~0.9 s a pass
-    at 1M pairs, with both render threads idle before). Measured on 1M pairs (2 cores): the
-    passes took 12.1 s in one thread, 9.0 s in two (docs/benchmarks.md).
+    written in order, so the bytes are the same for any number. One thread makes each pass's
+    draws (in pass order) and decides it block by block (SALMON's rules are row by row), so a
+    pass renders from its first block on and the next pass is decided while it renders (~0.8 s
+    a pass at 1M pairs, with both render threads idle before). Measured on 1M pairs (2 cores):
+    the passes took 12.1 s in one thread, 9.0 s in two (docs/benchmarks.md).
     """
     n, d = prepared.z.shape
     rng = np.random.default_rng(settings.seed)
+    phrase, differs = prepared.has_phrase, prepared.lang_differs
+    starts = range(0, max(n, 1), DECIDE_BLOCK)  # one (empty) block when nothing is kept
 
-    def decided() -> tuple[Draws, Decisions]:
-        draws = draw(rng, n, d, settings)
-        rules = prepared.has_phrase, prepared.lang_differs
-        return draws, decide(prepared.z, draws, *rules, settings)
+    def block(draws: Future[Draws], start: int) -> tuple[Draws, Decisions, PassCounts]:
+        stop = min(start + DECIDE_BLOCK, n)
+        part = draws.result().rows(start, stop)
+        rules = phrase[start:stop], None if differs is None else differs[start:stop]
+        out = decide(prepared.z[start:stop], part, *rules, settings)
+        return part, out, pass_counts(part, out, settings.max_principles)
 
     counts = []
     with (
         ThreadPoolExecutor(max(1, threads), thread_name_prefix="aggregate-render") as pool,
         ThreadPoolExecutor(1, thread_name_prefix="aggregate-decide") as ahead,
     ):
-        upcoming = ahead.submit(decided)  # one thread draws every pass, in pass order
+
+        def decided() -> list[Future[tuple[Draws, Decisions, PassCounts]]]:
+            draws = ahead.submit(draw, rng, n, d, settings)  # runs before its blocks
+            return [
+                ahead.submit(block, draws, start) for start in range(0, max(n, 1), DECIDE_BLOCK)
+            ]
+
+        upcoming = decided()
         renderer = prepared.renderer()  # the first pass is decided meanwhile
         progress.step("encoded the texts")
         for number in range(settings.passes):
-            draws, out = upcoming.result()
+            blocks = upcoming
             if number + 1 < settings.passes:  # the next pass is decided while this one renders
-                upcoming = ahead.submit(decided)
-            counts.append(pass_counts(draws, out, settings.max_principles))
-            rows = np.flatnonzero(out.keep)
+                upcoming = decided()
+            parts = []
             rendering: deque[Future[Rendered]] = deque()
-            for start in range(0, rows.size, CHUNK):
-                index = rows[start : start + CHUNK]
-                rendering.append(pool.submit(renderer.jsonl, index, draws, out))
-                if len(rendering) > threads:  # one chunk ahead per thread, a few chunks in memory
-                    _write_next(files, rendering)
+            for start, decision in zip(starts, blocks, strict=True):
+                draws, out, part_counts = decision.result()
+                parts.append(part_counts)
+                rows = np.flatnonzero(out.keep)
+                for at in range(0, rows.size, CHUNK):
+                    index = rows[at : at + CHUNK]
+                    rendering.append(pool.submit(renderer.jsonl, index, draws, out, start))
+                    if len(rendering) > threads:  # one chunk ahead per thread, a few in memory
+                        _write_next(files, rendering)
             while rendering:
                 _write_next(files, rendering)
-            progress.step(f"pass {number + 1} of {settings.passes}: {rows.size} examples")
+            counts.append(reduce(PassCounts.__add__, parts))
+            examples = counts[-1].examples
+            progress.step(f"pass {number + 1} of {settings.passes}: {examples} examples")
     return counts
 
 

@@ -223,9 +223,10 @@ def read_scores(
         raise RecordError(f"{judgments} record {row + 1}: dimension {bad!r} is not a principle")
     pair_of = pc.index_in(judgment_ids, value_set=ids)
     matched = pair_of.is_valid().to_numpy(zero_copy_only=False)
-    pair = pair_of.fill_null(0).to_numpy()[matched].astype(np.int64)
-    dim = dim_of[matched]
-    scores = all_scores[matched]
+    pair = pair_of.fill_null(0).to_numpy().astype(np.int64)
+    dim, scores = dim_of, all_scores
+    if not matched.all():  # (a mask over 11M (s12, s21) rows took 0.44 s)
+        pair, dim, scores = pair[matched], dim[matched], scores[matched]
     n_judgments = len(judgment_ids)
     del judgment_ids, judged_dims, all_scores, dim_of, pair_of
     pa.default_memory_pool().release_unused()
@@ -241,9 +242,11 @@ def read_scores(
             f"dimension {known[first % n_known]!r}"
         )
     have = (seen > 0).reshape(n_pairs, n_known)
-    s12 = np.full((n_pairs, n_known), np.nan)
-    s21 = np.full((n_pairs, n_known), np.nan)
-    s12[pair, dim], s21[pair, dim] = scores[:, 0], scores[:, 1]
+    # By flat key: 11M judgments 0.05-0.1 s against ~0.55 s by (pair, dim) index pairs.
+    s12 = np.full(n_pairs * n_known, np.nan)
+    s21 = np.full(n_pairs * n_known, np.nan)
+    s12[key], s21[key] = scores[:, 0], scores[:, 1]
+    s12, s21 = s12.reshape(n_pairs, n_known), s21.reshape(n_pairs, n_known)
     used = [list(known).index(d) for d in dimensions]
     s12, s21 = s12[:, used], s21[:, used]
 
@@ -304,8 +307,8 @@ class Pairs:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def kept_pairs(runs: Candidates, scores: Scores) -> Pairs:
-    """The kept pairs of `runs`, and every count in the order the stats report them.
+def kept_counts(runs: Candidates, scores: Scores) -> dict[str, Any]:
+    """Every count of reading and joining, in the order the stats report them.
 
     `pairs_dropped` holds the pair stage's reasons (pairs never judged) and then the
     aggregation's own (judged pairs it cannot use).
@@ -316,9 +319,4 @@ def kept_pairs(runs: Candidates, scores: Scores) -> Pairs:
         raise RecordError(f"pair summary reason(s) {clash} clash with the aggregation's own")
     counts = {"pairs": runs.counts["pairs"]} | scores.counts
     counts["pairs_dropped"] = before | scores.counts["pairs_dropped"]
-    kept = scores.kept
-    columns = [runs.ids, *(runs.texts[name] for name in _TEXT[1:])]
-    if not kept.all():
-        rows = pa.array(np.flatnonzero(kept))
-        columns = [column.take(rows) for column in columns]
-    return Pairs(*columns, s12=scores.s12[kept], s21=scores.s21[kept], counts=counts)
+    return counts
