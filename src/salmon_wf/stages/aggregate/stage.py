@@ -86,12 +86,14 @@ def prepare(
 ) -> Prepared:
     """Read, join, normalise and identify languages, keeping both cores busy.
 
-    The pairs are read first; language identification of every instruction and output then
-    starts in worker processes, and the judgments are read and the kept pairs' texts
-    JSON-encoded while it runs (docs/benchmarks.md has the measured effect). Texts of pairs
-    that are dropped later are identified too (their codes are not used); the codes do not
-    depend on which other texts are identified. With `languages_file` (pairs.languages.jsonl,
-    rule `languages`) the codes are read from that file instead, once the texts are encoded.
+    The pairs are read first (pairs.jsonl, or rule pairs_table's pairs.arrow); language
+    identification of every instruction and output then starts in worker processes, and the
+    judgments are read while two threads encode every candidate's texts, test them for the AI
+    phrase and wait for the languages (docs/benchmarks.md, "Stop 30", has the measured
+    effect). Pairs that are dropped later are encoded and identified too (their results are
+    dropped); the codes do not depend on which other texts are identified. With
+    `languages_file` (pairs.languages.jsonl, rule `languages`) the codes are read from that
+    file instead. The first pass is drawn while the scores are normalised.
     """
     settings.check()
     known = [p.dimension for p in load_principles(principles)]

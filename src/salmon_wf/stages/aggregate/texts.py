@@ -139,7 +139,7 @@ def float_reprs(values: np.ndarray) -> pa.Array:
     non-integer with 1e-4 <= |v| < 1e10; Python is fixed up to 1e16); zeros, integers, the
     rest of the range and non-finite values take Python's repr. Deciding from the values,
     not by matching Arrow's strings: 3M scores 1.23 -> 0.70 s (docs/benchmarks.md). Zeros by
-    table: 3M scores (48% zeros) in chunks of 23k, 0.62-0.64 -> 0.40-0.47 s.
+    table: 3M scores (48% zeros) in chunks of 23k, 0.62-0.81 -> 0.40-0.61 s.
     """
     values = np.asarray(values, dtype=np.float64)
     size = np.abs(values)
