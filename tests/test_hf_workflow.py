@@ -29,6 +29,7 @@ EVERYTHING_AFTER_THE_MODEL = Counter(
     fingerprint=4,  # both runs', the pairs' and the judge's stamps
     pair_responses=1,
     languages=1,
+    pairs_table=1,
     judge_shard=2,
     gather_judgments=1,
     aggregate=1,
