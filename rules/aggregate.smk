@@ -45,6 +45,7 @@ rule pairs_table:
     localrule: CHEAP_LOCAL
     conda:
         "../envs/salmon-wf.yaml"
+    threads: 2  # Arrow's JSON reader uses them
     resources:
         **CPU_RESOURCES,
     params:

@@ -109,5 +109,10 @@ class PairLanguageDetection:
         n = self.pairs
         return PairLanguages(codes[:n], codes[n : 2 * n], codes[2 * n :])
 
+    @property
+    def in_workers(self) -> bool:
+        """Whether the texts are identified in worker processes (else `result()` does it)."""
+        return self.job.pool is not None
+
     def cancel(self) -> None:
         self.job.cancel()

@@ -1,4 +1,7 @@
-"""SALMON's maths, pure numpy over all kept pairs at once: normalise, draw, decide.
+"""SALMON's maths, pure numpy over the kept pairs at once: normalise, draw, decide.
+
+`decide` is row by row, so it takes a pass's draws of all pairs or of a block of them
+(`Draws.rows`) alike.
 
 No I/O and no state: `normalise` turns (s12, s21) into principle scores, `draw` takes one pass's
 random numbers from the generator in the documented block order, and `decide` turns scores,

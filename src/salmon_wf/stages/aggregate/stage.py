@@ -60,7 +60,7 @@ class Prepared:
     kept_rows: np.ndarray | None  # the kept candidates' rows; None when all are kept
     languages: tuple[list[str], np.ndarray]  # code names shown, (N, 3) indices into them
     rng: np.random.Generator  # every pass's draws, in pass order (the first: first_draws)
-    first_draws: Future[Draws]  # the first pass's, drawn while the scores are normalised
+    first_draws: Future[Draws] | None  # the first pass's, drawn while the scores are normalised
 
     def renderer(self) -> Renderer:
         """The renderer of the kept pairs with their languages, once the texts are encoded."""
@@ -114,14 +114,17 @@ def prepare(
         detection = PairLanguageDetection(*texts, settings.langid_max_chars, workers, model)
     # What needs only the pairs runs in two threads while the judgments are read (the critical
     # path: ~2 s at 1M pairs): every candidate's texts encoded (~0.8 s with no escapes, mostly
-    # outside the GIL), the AI-phrase tests (~0.6 s) and the languages (~0.6 s, read or
-    # identified); the dropped pairs' are dropped after (Prepared.renderer, `kept` below).
+    # outside the GIL), the AI-phrase tests (~0.6 s) and the wait for the languages (read, or
+    # identified in worker processes, which `cancel` stops); the dropped pairs' are dropped
+    # after (Prepared.renderer, `kept` below). Identification in this process (one worker, or
+    # few texts) runs after the judgments, as before: a failure there would wait for it.
     helpers = ThreadPoolExecutor(2, thread_name_prefix="aggregate-prepare")
     texts = PairTexts(runs.ids, *(runs.texts[name] for name in TEXT_COLUMNS))
     rendering = helpers.submit(Renderer, texts, dims)
     outputs = runs.texts["output_1"], runs.texts["output_2"]
     phrases = helpers.submit(_has_phrase, *outputs, settings.ai_phrase)
-    identified = helpers.submit(detection.result)
+    waited = isinstance(detection, LanguageFileRead) or detection.in_workers
+    identified = helpers.submit(detection.result) if waited else None
     helpers.shutdown(wait=False)  # its threads end with these
     del texts, outputs
     try:
@@ -138,7 +141,7 @@ def prepare(
         z, variance = normalise(s12, s21)
         del s12, s21
         has_phrase = phrases.result()[kept]
-        every = identified.result()
+        every = detection.result() if identified is None else identified.result()
     finally:
         detection.cancel()
     found = "identified" if languages_file is None else "read"
@@ -181,11 +184,12 @@ def write_passes(
     """Each pass's examples, drawn, decided, rendered and written; each pass's counts.
 
     Chunks are rendered by `threads` threads (Arrow's kernels and numpy's release the GIL) and
-    written in order, so the bytes are the same for any number. One thread makes each pass's
-    draws (in pass order) and decides it block by block (SALMON's rules are row by row), so a
-    pass renders from its first block on and the next pass is decided while it renders (~0.8 s
-    a pass at 1M pairs, with both render threads idle before). Measured on 1M pairs (2 cores):
-    the passes took 12.1 s in one thread, 9.0 s in two (docs/benchmarks.md).
+    written in order, so the bytes are the same for any number. The passes' draws are made in
+    pass order (the first during prepare, the rest by the deciding thread, each after the pass
+    before's blocks) and each pass is decided block by block (SALMON's rules are row by row),
+    so a pass renders from its first block on and the next pass is decided while it renders
+    (~0.9 s a pass at 1M pairs, with both render threads idle before: docs/benchmarks.md,
+    "Stop 30").
     """
     n, d = prepared.z.shape
     rng = prepared.rng
@@ -213,6 +217,7 @@ def write_passes(
             return [ahead.submit(block, draws, start) for start in starts]
 
         upcoming = decided(prepared.first_draws)
+        prepared.first_draws = None  # its blocks hold it: freed with them
         renderer = prepared.renderer()  # the first pass is decided meanwhile
         progress.step("encoded the texts")
         for number in range(settings.passes):

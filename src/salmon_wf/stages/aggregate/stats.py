@@ -40,7 +40,7 @@ class PassCounts:
 
 
 def pass_counts(draws: Draws, out: Decisions, max_principles: int) -> PassCounts:
-    """The counts of one pass over all N candidates."""
+    """The counts of one pass over N candidates (or of a block of them: blocks' counts add)."""
     keep = out.keep
     n, d = draws.negate.shape
     chosen = draws.order[np.arange(n), out.dominant]
