@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from salmon_wf.data.atomic import atomic_file
-from salmon_wf.data.scores_file import MAGIC, read_checked_table
+from salmon_wf.data.scores_file import read_checked_table
 from salmon_wf.errors import RecordError
 
 BATCH_ROWS = 1 << 16  # pairs per record batch (the renderer encodes a column batch by batch)
@@ -41,12 +41,3 @@ def read_pairs_file(path: Path, schema: pa.Schema) -> pa.Table:
         except pa.ArrowInvalid as exc:
             raise RecordError(f"column {name!r}: {exc}", file=path) from None
     return table.select(schema.names)
-
-
-def is_arrow_file(path: Path) -> bool:
-    """Whether `path` is an Arrow IPC file (by its first bytes, whatever its name)."""
-    try:
-        with path.open("rb") as handle:
-            return handle.read(len(MAGIC)) == MAGIC
-    except OSError:  # missing or unreadable: the JSONL reader names the problem
-        return False

@@ -117,9 +117,9 @@ def read_checked_table(path: Path, schema: pa.Schema, kind: str) -> pa.Table:
 MAGIC = b"ARROW1"  # how an Arrow IPC file starts
 
 
-def is_scores_file(path: Path) -> bool:
+def is_arrow_file(path: Path) -> bool:
     """Whether `path` is an Arrow IPC file (by its first bytes, whatever its name): the
-    aggregation reads it as a scores file, anything else as JSONL."""
+    aggregation reads its judgments (and pairs, data/pairs_file.py) as Arrow, else as JSONL."""
     try:
         with path.open("rb") as handle:
             return handle.read(len(MAGIC)) == MAGIC

@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from salmon_wf.data.jsonl import decoded_lines, parse_record
-from salmon_wf.data.pairs_file import is_arrow_file, read_pairs_file
-from salmon_wf.data.scores_file import is_scores_file, read_scores_file
+from salmon_wf.data.pairs_file import read_pairs_file
+from salmon_wf.data.scores_file import is_arrow_file, read_scores_file
 from salmon_wf.errors import RecordError
 
 BLOCK = 4 << 20  # bytes of JSONL parsed at a time
@@ -283,7 +283,7 @@ def _dimension_index(dimensions: pa.ChunkedArray, known: Sequence[str]) -> np.nd
 
 def _judgment_columns(path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.ndarray]:
     """ids, dimensions and (N, 2) scores of a judgments file, JSONL or Arrow scores file."""
-    if is_scores_file(path):
+    if is_arrow_file(path):
         return read_scores_file(path)
     table = read_table(path, JUDGMENT_SCHEMA)
     scores = pc.list_flatten(table.column("relative_score")).to_numpy().reshape(-1, 2)
